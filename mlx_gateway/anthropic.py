@@ -1,0 +1,199 @@
+"""Anthropic Messages API wire types (requests in; responses are built as plain dicts).
+
+Decoding and validation happen in one pass with msgspec. Unknown fields are ignored, as the real
+API ignores what a newer client may add; unknown content block kinds are refused with the field
+named, as the real API does. Block kinds the gateway cannot forward (documents, server tool results)
+are still accepted so that a conversation that once contained them keeps working.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from mlx_gateway.errors import InvalidRequest
+
+
+class CacheControlled(msgspec.Struct, tag_field="type", omit_defaults=True):
+    cache_control: dict[str, Any] | None = None
+
+
+class TextBlock(CacheControlled, tag="text"):
+    text: str = ""
+
+
+class ImageSource(msgspec.Struct):
+    type: str
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class ImageBlock(CacheControlled, tag="image"):
+    source: ImageSource | None = None
+
+
+class DocumentBlock(CacheControlled, tag="document"):
+    source: dict[str, Any] | None = None
+    title: str | None = None
+
+
+class SearchResultBlock(CacheControlled, tag="search_result"):
+    title: str = ""
+    source: str = ""
+    content: list[TextBlock] = msgspec.field(default_factory=list)
+
+
+ToolResultPart = TextBlock | ImageBlock | DocumentBlock | SearchResultBlock
+
+
+class ToolUseBlock(CacheControlled, tag="tool_use"):
+    id: str = ""
+    name: str = ""
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ToolResultBlock(CacheControlled, tag="tool_result"):
+    tool_use_id: str = ""
+    content: str | list[ToolResultPart] | None = None
+    is_error: bool = False
+
+
+class ThinkingBlock(CacheControlled, tag="thinking"):
+    thinking: str = ""
+    signature: str = ""
+
+
+class RedactedThinkingBlock(CacheControlled, tag="redacted_thinking"):
+    data: str = ""
+
+
+class ServerToolUseBlock(CacheControlled, tag="server_tool_use"):
+    id: str = ""
+    name: str = ""
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class WebSearchToolResultBlock(CacheControlled, tag="web_search_tool_result"):
+    tool_use_id: str = ""
+    content: Any = None
+
+
+class ContainerUploadBlock(CacheControlled, tag="container_upload"):
+    file_id: str = ""
+
+
+ContentBlock = (
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | SearchResultBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | ServerToolUseBlock
+    | WebSearchToolResultBlock
+    | ContainerUploadBlock
+)
+
+
+class Message(msgspec.Struct):
+    role: Literal["user", "assistant", "system"]
+    content: str | list[ContentBlock]
+
+
+class Tool(msgspec.Struct):
+    name: str
+    type: str | None = None
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    defer_loading: bool = False
+
+
+class ToolChoice(msgspec.Struct):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+
+class ThinkingConfig(msgspec.Struct):
+    type: str
+    budget_tokens: int | None = None
+
+
+class Metadata(msgspec.Struct):
+    user_id: str | None = None
+
+
+class MessagesRequest(msgspec.Struct):
+    model: str
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    system: str | list[TextBlock] | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    metadata: Metadata | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+
+
+class CountTokensRequest(msgspec.Struct):
+    """Same shape as MessagesRequest, minus `max_tokens`, which count_tokens does not take."""
+
+    model: str
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+
+
+_PATH_ITEM = re.compile(r"\[(\d+)\]")
+_AT_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+
+
+def describe_validation_error(error: msgspec.ValidationError) -> str:
+    """`Expected int - at $.messages[2].max` -> `messages.2.max: Expected int` (the API's style)."""
+    match = _AT_PATH.match(str(error))
+    what, path = (match["what"], match["path"] or "") if match else (str(error), "")
+    dotted = _PATH_ITEM.sub(r".\1", path).lstrip(".")
+    missing = _MISSING.match(what)
+    if missing:
+        dotted = f"{dotted}.{missing['field']}".lstrip(".")
+        what = "Field required"
+    return f"{dotted}: {what}" if dotted else what
+
+
+_T = TypeVar("_T")
+
+_messages_decoder = msgspec.json.Decoder(MessagesRequest)
+_count_decoder = msgspec.json.Decoder(CountTokensRequest)
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(describe_validation_error(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def decode_messages_request(body: bytes) -> MessagesRequest:
+    if not body:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    return _decode(_messages_decoder, body)
+
+
+def decode_count_tokens_request(body: bytes) -> CountTokensRequest:
+    if not body:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    return _decode(_count_decoder, body)

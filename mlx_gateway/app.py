@@ -1,0 +1,276 @@
+"""The HTTP edge: routes, lifespan, and errors rendered in the caller's protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from mlx_gateway import anthropic as an
+from mlx_gateway.backends import resolve_profile
+from mlx_gateway.config import Config
+from mlx_gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    anthropic_error_body,
+    openai_error_body,
+)
+from mlx_gateway.models import ModelRouter
+from mlx_gateway.openai import decode_chat_request, decode_chunk, decode_completion
+from mlx_gateway.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_event
+from mlx_gateway.stream import PING, Event, StreamTranslator
+from mlx_gateway.translate import to_anthropic_message, to_openai_request
+from mlx_gateway.upstream import Upstream
+
+log = logging.getLogger("mlx_gateway")
+
+_json = msgspec.json.Encoder()
+JSON_TYPE = "application/json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Gateway:
+    """Per-app state and the route handlers; built inside the app's lifespan."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.profile = resolve_profile(config.backend, config.backend_base_url)
+        self.router = ModelRouter(config.mlx_model, config.model_map)
+        self.upstream = Upstream(
+            config.backend_base_url, self.profile, config.timeout, config.total_timeout
+        )
+
+    # ---- Anthropic ----------------------------------------------------------------------------
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        parsed = an.decode_messages_request(await request.read())
+        model = self.router.resolve(parsed.model)
+        payload = to_openai_request(parsed, model=model, profile=self.profile)
+        if parsed.stream:
+            translator = StreamTranslator(
+                model=model,
+                message_id=new_message_id(),
+                estimated_input_tokens=estimate_tokens(request.content_length or 0),
+                stop_sequences=parsed.stop_sequences,
+            )
+            return await self._stream_anthropic(request, _json.encode(payload), translator)
+        answer = await self.upstream.complete(_json.encode(payload))
+        message = to_anthropic_message(
+            decode_completion(answer),
+            model=model,
+            message_id=new_message_id(),
+            stop_sequences=parsed.stop_sequences,
+        )
+        return json_response(message)
+
+    # ---- OpenAI -------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        payload = decode_chat_request(await request.read())
+        payload["model"] = self.router.resolve(str(payload.get("model", "")))
+        if payload.get("stream_options") == {}:
+            # mlx_lm.server's stream crashes on an empty stream_options object.
+            del payload["stream_options"]
+        if payload.get("stream"):
+            return await self._stream_openai(request, _json.encode(payload))
+        answer = await self.upstream.complete(_json.encode(payload))
+        return web.Response(body=answer, content_type=JSON_TYPE)
+
+    async def _stream_anthropic(
+        self, request: web.Request, body: bytes, translator: StreamTranslator
+    ) -> web.StreamResponse:
+        async with self.upstream.stream(body) as pieces:
+            response = await start_event_stream(request)
+            writer = EventWriter(response)
+            heartbeat = asyncio.create_task(writer.keep_alive(PING_INTERVAL))
+            try:
+                await writer.send(translator.start())
+                await writer.send(await relay_anthropic(pieces, translator, writer))
+                await response.write_eof()
+            except ConnectionResetError:
+                log.info("client went away mid-stream; closing the backend request")
+            finally:
+                heartbeat.cancel()
+        return response
+
+    async def _stream_openai(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        async with self.upstream.stream(body) as pieces:
+            response = await start_event_stream(request)
+            ended = False
+            try:
+                async for piece in pieces:
+                    await response.write(piece)
+                    ended = piece.rstrip().endswith(b"[DONE]")
+            except GatewayError as error:
+                log.warning("backend stream failed: %s", error.message)
+                await response.write(encode_data(_json.encode(openai_error_body(error))))
+            else:
+                if not ended:
+                    await response.write(DONE)
+            await response.write_eof()
+        return response
+
+    async def models(self, _: web.Request) -> web.StreamResponse:
+        created = int(time.time())
+        names = self.router.served_models() + self.router.alias_names()
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "mlx-gateway"}
+            for name in names
+        ]
+        return json_response({"object": "list", "data": data})
+
+    async def health(self, _: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ok", "backend": self.config.backend_base_url})
+
+
+PING_INTERVAL = 10.0
+_PING_BYTES = encode_event("ping", b'{"type":"ping"}')
+
+
+async def start_event_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
+class EventWriter:
+    """Encodes a batch of events into one write, and pings while the backend is silent."""
+
+    __slots__ = ("_last_write", "_loop", "_response")
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self._response = response
+        self._loop = asyncio.get_running_loop()
+        self._last_write = self._loop.time()
+
+    async def send(self, events: list[Event]) -> None:
+        if not events:
+            return
+        buffer = b"".join(encode_event(event["type"], _json.encode(event)) for event in events)
+        self._last_write = self._loop.time()
+        await self._response.write(buffer)
+
+    async def keep_alive(self, interval: float) -> None:
+        """One task per stream instead of a timer per chunk: the hot path only stores a time."""
+        while True:
+            await asyncio.sleep(interval - (self._loop.time() - self._last_write))
+            if self._loop.time() - self._last_write >= interval:
+                self._last_write = self._loop.time()
+                await self._response.write(_PING_BYTES)
+
+
+async def relay_anthropic(
+    pieces: AsyncIterator[bytes], translator: StreamTranslator, writer: EventWriter
+) -> list[Event]:
+    """Feeds the backend's bytes through the decoder and the translator; returns the closing
+    events (the normal end, or an error event when the backend broke after the 200)."""
+    decoder = SSEDecoder()
+    try:
+        async for piece in pieces:
+            await writer.send(translate_sse(decoder.feed(piece), translator))
+        await writer.send(translate_sse(decoder.flush(), translator))
+    except GatewayError as error:
+        log.warning("backend stream failed: %s", error.message)
+        return translator.fail(error)
+    return translator.finish()
+
+
+def translate_sse(sse_events: list[SSEEvent], translator: StreamTranslator) -> list[Event]:
+    events: list[Event] = []
+    for sse_event in sse_events:
+        if sse_event.comment is not None:
+            events.append(PING)
+        elif sse_event.data and sse_event.data != "[DONE]":
+            events.extend(translator.feed(decode_chunk(sse_event.data)))
+    return events
+
+
+def estimate_tokens(byte_count: int) -> int:
+    """A first figure for message_start; the final usage carries the backend's real count."""
+    return max(byte_count // 4, 1)
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(body), status=status, content_type=JSON_TYPE)
+
+
+def speaks_anthropic(request: web.Request) -> bool:
+    """Errors go out in the caller's protocol: the path says it, else Anthropic's headers do."""
+    path = request.path
+    if path.startswith("/v1/messages"):
+        return True
+    if path.startswith(("/v1/chat", "/v1/models", "/v1/completions", "/v1/embeddings")):
+        return False
+    return "anthropic-version" in request.headers or "x-api-key" in request.headers
+
+
+def error_response(request: web.Request, error: GatewayError) -> web.Response:
+    body = anthropic_error_body(error) if speaks_anthropic(request) else openai_error_body(error)
+    return json_response(body, status=error.status)
+
+
+def _http_exception_as_error(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if exc.status == 404:
+        return NotFound(f"no route for {request.method} {request.path}")
+    if exc.status == 405:
+        return MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+    if exc.status == 413:
+        return RequestTooLarge(f"request body is larger than the limit: {exc.text}")
+    return GatewayError(exc.text or exc.reason)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        level = logging.WARNING if error.status >= 500 else logging.INFO
+        log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
+        return error_response(request, error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(request, _http_exception_as_error(exc, request))
+    except Exception:
+        log.exception("unexpected failure on %s %s", request.method, request.path)
+        return error_response(request, GatewayError("internal gateway error; see the gateway log"))
+
+
+def create_app(config: Config) -> web.Application:
+    """Builds the app; the backend pool is opened and closed by the app's lifespan."""
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=int(config.max_body_mb * 1024 * 1024)
+    )
+    gateway = Gateway(config)
+
+    async def lifespan(_: web.Application) -> Any:
+        await gateway.upstream.start()
+        yield
+        await gateway.upstream.close()
+
+    app.cleanup_ctx.append(lifespan)
+    app.router.add_post("/v1/messages", gateway.messages)
+    app.router.add_post("/v1/chat/completions", gateway.chat_completions)
+    app.router.add_post("/chat/completions", gateway.chat_completions)
+    app.router.add_get("/v1/models", gateway.models)
+    app.router.add_get("/health", gateway.health)
+    return app

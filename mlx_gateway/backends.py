@@ -1,0 +1,46 @@
+"""Backend profiles: the few real differences between OpenAI-compatible servers, kept as data.
+
+The core never branches on a backend's name; it reads these fields. Only quirks that were seen
+on a real server belong here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True, slots=True)
+class BackendProfile:
+    name: str
+    # How reasoning is switched on and off: Qwen3-style chat templates read `enable_thinking`
+    # from `chat_template_kwargs` (vLLM, mlx_lm.server, llama.cpp); None when there is no switch.
+    thinking_switch: str | None = "chat_template_kwargs"
+    # Earlier reasoning is sent back as `reasoning_content` only where a server renders it.
+    reasoning_back_field: str | None = None
+    # JSON-schema keys removed from tool parameters because the server rejects them.
+    schema_keys_to_strip: tuple[str, ...] = ()
+    # Text of a backend error that means "this model does not take images".
+    image_refusal_markers: tuple[str, ...] = ()
+
+
+PROFILES: dict[str, BackendProfile] = {
+    "mlx_lm": BackendProfile(
+        name="mlx_lm", image_refusal_markers=("Only 'text' content type is supported",)
+    ),
+    "ollama": BackendProfile(name="ollama", thinking_switch=None),
+    "llama_cpp": BackendProfile(name="llama_cpp", reasoning_back_field="reasoning_content"),
+    "vllm": BackendProfile(name="vllm", reasoning_back_field="reasoning_content"),
+    "lmstudio": BackendProfile(name="lmstudio", thinking_switch=None),
+    "openai": BackendProfile(name="openai", thinking_switch=None),
+}
+
+_DEFAULT_PORTS = {11434: "ollama", 1234: "lmstudio", 8000: "vllm", 8081: "mlx_lm"}
+
+
+def resolve_profile(backend: str, url: str) -> BackendProfile:
+    """`auto` guesses from the well-known default ports and falls back to mlx_lm.server."""
+    if backend != "auto":
+        return PROFILES[backend]
+    port = urlsplit(url).port
+    return PROFILES[_DEFAULT_PORTS.get(port or 0, "mlx_lm")]

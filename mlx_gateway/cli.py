@@ -1,0 +1,97 @@
+"""Command line: `mlx-gateway [flags]` serves; flags are derived from the settings table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from mlx_gateway import __version__
+from mlx_gateway.app import create_app
+from mlx_gateway.config import SETTINGS, Config, load_config
+from mlx_gateway.errors import ConfigError
+
+TRACE = 5
+NOTICE = 25
+_LEVELS = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "notice": NOTICE,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx-gateway",
+        description="Anthropic Messages and OpenAI Chat Completions for a local model server.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlx-gateway {__version__}")
+    parser.add_argument("--config", help="TOML file with the same settings (flags win)")
+    for setting in SETTINGS:
+        action = "append" if setting.repeated else "store"
+        parser.add_argument(setting.flag, dest=setting.name, action=action, help=setting.help)
+    return parser
+
+
+def configure_logging(level_name: str) -> None:
+    logging.addLevelName(TRACE, "TRACE")
+    logging.addLevelName(NOTICE, "NOTICE")
+    logging.basicConfig(
+        level=_LEVELS[level_name],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def serve(config: Config) -> None:
+    configure_logging(config.log_level)
+    logging.getLogger("mlx_gateway").info(
+        "mlx-gateway %s on http://%s:%d -> %s (model %s)",
+        __version__,
+        config.host,
+        config.port,
+        config.backend_base_url,
+        config.mlx_model,
+    )
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
+        reuse_port=config.workers > 1 or None,
+        loop=loop,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {name: value for name, value in vars(args).items() if name != "config"}
+    try:
+        config = load_config(flags, os.environ, args.config)
+    except ConfigError as exc:
+        print(f"mlx-gateway: error: {exc.message}", file=sys.stderr)
+        return 2
+    serve(config)
+    return 0

@@ -1,0 +1,197 @@
+"""Settings: flags > environment (`MLX_GATEWAY_*`) > TOML file > defaults, into one frozen Config.
+
+Every setting is declared once in `SETTINGS`; the CLI flags, the environment names and the TOML keys
+are all derived from that table, so the three sources can never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlx_gateway.errors import ConfigError
+
+LOG_LEVELS = ("trace", "debug", "info", "notice", "warning", "error", "critical")
+BACKENDS = ("auto", "mlx_lm", "ollama", "llama_cpp", "vllm", "lmstudio", "openai")
+ENV_PREFIX = "MLX_GATEWAY_"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    mlx_url: str = "http://localhost:8081"
+    mlx_model: str = "mlx-community/Qwen3-8B-4bit"
+    timeout: float = 120.0
+    total_timeout: float = 300.0
+    backend: str = "auto"
+    max_body_mb: float = 64.0
+    model_map: tuple[tuple[str, str], ...] = field(default=())
+    context_window: int = 0
+    workers: int = 1
+
+    @property
+    def backend_base_url(self) -> str:
+        """The root URL, less a trailing slash or `/v1` (as Ollama users often write)."""
+        url = self.mlx_url.rstrip("/")
+        return url.removesuffix("/v1")
+
+
+def _parse_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http(s) URL such as http://localhost:8081")
+    return value
+
+
+def _parse_port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port number from 0 to 65535")
+    return port
+
+
+def _parse_positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("expected a number greater than 0")
+    return number
+
+
+def _parse_non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("expected a whole number >= 0")
+    return number
+
+
+def _parse_positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("expected a whole number >= 1")
+    return number
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        normalised = value.strip().lower().replace("-", "_").replace(".", "_")
+        if normalised not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return normalised
+
+    return parse
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def parse_model_map_entry(value: str) -> tuple[str, str]:
+    """`pattern=model`: client model names matching the glob pattern go to `model`."""
+    pattern, sep, model = value.partition("=")
+    if not sep or not pattern.strip() or not model.strip():
+        raise ValueError("expected PATTERN=MODEL, e.g. 'haiku=mlx-community/Qwen3-4B-4bit'")
+    return pattern.strip(), model.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    repeated: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", _non_empty, "interface to listen on (default 127.0.0.1)"),
+    Setting("port", _parse_port, "port to listen on (default 8080)"),
+    Setting("log_level", _choice(LOG_LEVELS), f"{', '.join(LOG_LEVELS)} (default info)"),
+    Setting("mlx_url", _parse_url, "backend URL (default http://localhost:8081)"),
+    Setting("mlx_model", _non_empty, "backend model (default mlx-community/Qwen3-8B-4bit)"),
+    Setting("timeout", _parse_positive_float, "seconds without backend progress (default 120)"),
+    Setting("total_timeout", _parse_positive_float, "ceiling per request in seconds (default 300)"),
+    Setting("backend", _choice(BACKENDS), f"backend kind: {', '.join(BACKENDS)} (default auto)"),
+    Setting("max_body_mb", _parse_positive_float, "largest accepted request body in MB (64)"),
+    Setting("model_map", parse_model_map_entry, "PATTERN=MODEL alias, repeatable", repeated=True),
+    Setting("context_window", _parse_non_negative_int, "model context in tokens (0: discover)"),
+    Setting("workers", _parse_positive_int, "gateway processes sharing the port (default 1)"),
+)
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def _convert(setting: Setting, raw: Any, source: str) -> Any:
+    try:
+        if setting.repeated:
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            return tuple(setting.parse(str(item)) for item in items if str(item).strip())
+        return setting.parse(str(raw))
+    except ValueError as exc:
+        raise ConfigError(f"invalid {source} value {raw!r}: {exc}") from exc
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    table = document.get("mlx_gateway", document)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in _BY_NAME:
+            raise ConfigError(f"unknown setting {key!r} in config file {path}")
+        raw = value
+        if name == "model_map" and isinstance(value, dict):
+            raw = [f"{pattern}={model}" for pattern, model in value.items()]
+        values[name] = _convert(_BY_NAME[name], raw, f"config file {key}")
+    return values
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        setting.name: _convert(setting, environ[setting.env_name], setting.env_name)
+        for setting in SETTINGS
+        if setting.env_name in environ
+    }
+
+
+def _from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    values = {}
+    for name, raw in flags.items():
+        if raw is None or name not in _BY_NAME:
+            continue
+        setting = _BY_NAME[name]
+        values[name] = _convert(setting, raw, setting.flag)
+    return values
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_path: str | None = None,
+) -> Config:
+    """Merge the sources; raise ConfigError with a one-line message naming the bad setting."""
+    path = config_path or environ.get(ENV_PREFIX + "CONFIG")
+    values: dict[str, Any] = _from_toml(Path(path)) if path else {}
+    values.update(_from_environ(environ))
+    values.update(_from_flags(flags))
+    config = dataclasses.replace(Config(), **values)
+    if config.total_timeout < config.timeout:
+        raise ConfigError("total_timeout must not be smaller than timeout")
+    return config

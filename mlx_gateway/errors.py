@@ -1,0 +1,98 @@
+"""One exception hierarchy for everything that can go wrong, mapped to HTTP only at the edge.
+
+    GatewayError                      500 api_error / server_error
+    +-- InvalidRequest                400 invalid_request_error (client's fault: shape, JSON, value)
+    |   +-- BackendRejected           400 the backend refused the request (its 4xx)
+    |   +-- PromptTooLong             400 prompt does not fit the context window
+    +-- NotFound                      404 not_found_error (unknown route or model)
+    +-- MethodNotAllowed              405
+    +-- RequestTooLarge               413 request_too_large
+    +-- BackendUnavailable            503 overloaded_error (unreachable, refused, timed out)
+    +-- BackendFailed                 502 api_error (the backend answered with a 5xx)
+    +-- BadBackendResponse            500 api_error (the backend's answer could not be decoded)
+    +-- ConfigError                   500 (bad configuration; also raised before serving)
+
+A 4xx from the backend deliberately becomes a 400 and not a 502: Claude Code retries 5xx answers
+for minutes, which is useless for a request that can never succeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    anthropic_type: ClassVar[str] = "api_error"
+    openai_type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class BackendRejected(InvalidRequest):
+    pass
+
+
+class PromptTooLong(InvalidRequest):
+    pass
+
+
+class NotFound(GatewayError):
+    status = 404
+    anthropic_type = "not_found_error"
+    openai_type = "not_found_error"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    anthropic_type = "request_too_large"
+    openai_type = "invalid_request_error"
+
+
+class BackendUnavailable(GatewayError):
+    status = 503
+    anthropic_type = "overloaded_error"
+    openai_type = "server_error"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"MLX backend unavailable: {reason}")
+
+
+class BackendFailed(GatewayError):
+    status = 502
+
+    def __init__(self, backend_status: int, body: str) -> None:
+        super().__init__(f"MLX backend returned HTTP {backend_status}: {body}")
+        self.backend_status = backend_status
+
+
+class BadBackendResponse(GatewayError):
+    pass
+
+
+class ConfigError(GatewayError):
+    pass
+
+
+def anthropic_error_body(error: GatewayError) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}}
+
+
+def openai_error_body(error: GatewayError) -> dict[str, Any]:
+    return {
+        "error": {"message": error.message, "type": error.openai_type, "param": None, "code": None}
+    }

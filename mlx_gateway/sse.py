@@ -1,0 +1,193 @@
+"""Server-sent events: the incremental decoder for backend streams and the one encoder.
+
+Decoding follows the WHATWG event-stream rules (lines end in CRLF, LF or CR; ``event``,
+``data``, ``id`` and ``retry`` fields; one space after the colon is dropped; a blank line
+dispatches), with two deliberate differences that serve a gateway:
+
+* Comment lines are not discarded but returned at once as an ``SSEEvent`` whose ``comment``
+  is set (``event``/``id`` None, ``data`` empty), because backends send keepalives such as
+  ``: keepalive 3/10`` while they process a long prompt and the gateway turns them into pings.
+* ``flush()`` at the end of the stream dispatches an event whose closing blank line never
+  came (the spec drops it); some servers end the stream right after the last ``data:`` line.
+
+Lines are split on bytes and decoded one line at a time: CR and LF never occur inside a
+multi-byte UTF-8 sequence, so a character cut between two network reads is always whole
+again once its line is. Bytes of an unfinished line are kept as a list of chunks and joined
+once, when the line ends, so a long line arriving in many reads costs linear time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "DONE",
+    "SSEDecoder",
+    "SSEEvent",
+    "encode_comment",
+    "encode_data",
+    "encode_event",
+]
+
+DONE = b"data: [DONE]\n\n"
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(slots=True, frozen=True)
+class SSEEvent:
+    """One dispatched event, or one comment line when ``comment`` is not None.
+
+    A comment's text is the line after the colon, less one leading space, so
+    ``: keepalive 3/10`` gives ``comment="keepalive 3/10"``.
+
+    ``event`` is None when the stream named no type (the spec's default, "message");
+    ``id`` is the stream's last event id at dispatch time, which per the spec carries
+    over to later events until the stream sets another.
+    """
+
+    event: str | None
+    data: str
+    id: str | None = None
+    comment: str | None = None
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class SSEDecoder:
+    """Incremental event-stream decoder: ``feed(bytes) -> events``, ``flush()`` at the end.
+
+    ``retry`` holds the last valid reconnection time (ms) the stream announced; it is
+    not part of any event because the spec applies it to the connection, not an event.
+    """
+
+    __slots__ = ("_data", "_event", "_first", "_id", "_partial", "_skip_lf", "retry")
+
+    def __init__(self) -> None:
+        self._partial: list[bytes] = []
+        self._skip_lf = False
+        self._first = True
+        self._event: bytes | None = None
+        self._data: list[bytes] | None = None
+        self._id: str | None = None
+        self.retry: int | None = None
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Decode ``data``; return the events and comments completed by it."""
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if b"\n" not in data and b"\r" not in data:
+            if data:
+                self._partial.append(data)
+            return []
+        buf = b"".join(self._partial) + data if self._partial else data
+        self._partial = []
+        if b"\r" in buf:
+            # A CR ending this read may be the first half of a CRLF split across reads.
+            self._skip_lf = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        if rest:
+            self._partial.append(rest)
+        out: list[SSEEvent] = []
+        for line in lines:
+            self._line(line, out)
+        return out
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: finish a last line without terminator and dispatch what is pending."""
+        out: list[SSEEvent] = []
+        if self._partial:
+            line = b"".join(self._partial)
+            self._partial = []
+            self._line(line, out)
+        self._line(b"", out)
+        self._skip_lf = False
+        return out
+
+    def _line(self, line: bytes, out: list[SSEEvent]) -> None:
+        if self._first:
+            self._first = False
+            line = line.removeprefix(_BOM)
+        if not line:
+            self._dispatch(out)
+            return
+        colon = line.find(b":")
+        if colon == 0:
+            out.append(SSEEvent(None, "", None, _text(_value(line[1:]))))
+            return
+        if colon < 0:
+            name, value = line, b""
+        else:
+            name, value = line[:colon], _value(line[colon + 1 :])
+        handler = _FIELDS.get(name)
+        if handler is not None:
+            handler(self, value)
+
+    def _dispatch(self, out: list[SSEEvent]) -> None:
+        data, event = self._data, self._event
+        self._data = self._event = None
+        if data is not None:
+            name = _text(event) if event else None
+            out.append(SSEEvent(name, _text(b"\n".join(data)), self._id))
+
+    def _on_event(self, value: bytes) -> None:
+        self._event = value
+
+    def _on_data(self, value: bytes) -> None:
+        if self._data is None:
+            self._data = [value]
+        else:
+            self._data.append(value)
+
+    def _on_id(self, value: bytes) -> None:
+        if b"\0" not in value:
+            self._id = _text(value)
+
+    def _on_retry(self, value: bytes) -> None:
+        if value.isdigit():
+            self.retry = int(value)
+
+
+def _value(raw: bytes) -> bytes:
+    return raw[1:] if raw[:1] == b" " else raw
+
+
+# Unknown field names are ignored, as the spec requires.
+_FIELDS: dict[bytes, Callable[[SSEDecoder, bytes], None]] = {
+    b"event": SSEDecoder._on_event,
+    b"data": SSEDecoder._on_data,
+    b"id": SSEDecoder._on_id,
+    b"retry": SSEDecoder._on_retry,
+}
+
+
+def _data_lines(payload: bytes) -> bytes:
+    # JSON from an encoder never holds a raw line break; anything else gets one field per line
+    # so the receiver's decoder joins it back with LF.
+    if b"\n" not in payload and b"\r" not in payload:
+        return b"data: " + payload + b"\n"
+    lines = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return b"".join(b"data: " + line + b"\n" for line in lines)
+
+
+def encode_event(event_type: str, payload: bytes) -> bytes:
+    """``event: <type>`` plus ``data: <payload>`` and the blank line that dispatches it."""
+    return b"event: " + event_type.encode() + b"\n" + _data_lines(payload) + b"\n"
+
+
+def encode_data(payload: bytes) -> bytes:
+    """A nameless event (the OpenAI stream format): ``data: <payload>`` and a blank line."""
+    return _data_lines(payload) + b"\n"
+
+
+def encode_comment(text: str) -> bytes:
+    """A comment block (``: <text>``), one comment line per line of ``text``."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "".join(f": {line}\n" for line in lines).encode() + b"\n"

@@ -1,0 +1,233 @@
+"""Streaming translation: OpenAI chat completion chunks in, Anthropic stream events out.
+
+`StreamTranslator` is a synchronous state machine; all per-request state lives on the instance.
+The async edge only drives it: `start()` once, `feed(chunk)` per backend chunk, then `finish()`
+at the end of the backend stream or `fail(error)` when it broke. Every method returns the events
+to send, in order, as plain dicts whose `type` is also the SSE event name.
+
+Anthropic allows one open content block at a time, so blocks are opened lazily and closed as
+soon as content of another kind (or another tool call) arrives: thinking, text and tool_use
+blocks appear in the order the model produced them. Reasoning arrives in three ways (the
+`reasoning_content` or `reasoning` delta fields, or inline `<think>` tags) and always becomes a
+thinking block; tool calls arrive as `tool_calls` deltas or, from servers without a tool parser,
+as `<tool_call>` text, and always become tool_use blocks whose arguments are forwarded as they
+arrive. Nothing per chunk depends on the length of the answer so far.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mlx_gateway.errors import GatewayError
+from mlx_gateway.openai import ChatCompletionChunk, ToolCall, Usage
+from mlx_gateway.stops import StopSequenceWatcher, resolve_stop_sequence
+from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
+from mlx_gateway.think import ThinkSplitter
+from mlx_gateway.translate import STOP_REASONS, json_text, thinking_signature, usage_to_anthropic
+
+log = logging.getLogger("mlx_gateway.stream")
+
+Event = dict[str, Any]
+PING: Event = {"type": "ping"}
+
+
+class StreamTranslator:
+    __slots__ = (
+        "_blocks",
+        "_estimated_input",
+        "_finish_reason",
+        "_has_tool_use",
+        "_message_id",
+        "_model",
+        "_open_kind",
+        "_open_tool_key",
+        "_output_pieces",
+        "_seen_tool_keys",
+        "_splitter",
+        "_stop_sequences",
+        "_stop_watcher",
+        "_text_calls",
+        "_usage",
+        "_vllm_stop",
+    )
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        message_id: str,
+        estimated_input_tokens: int,
+        stop_sequences: list[str] | None = None,
+        starts_in_reasoning: bool = False,
+    ) -> None:
+        self._model = model
+        self._message_id = message_id
+        self._estimated_input = estimated_input_tokens
+        self._splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
+        self._text_calls = TextToolCallExtractor()
+        self._stop_sequences = stop_sequences or []
+        self._stop_watcher = StopSequenceWatcher(self._stop_sequences)
+        self._blocks = 0
+        self._open_kind: str | None = None
+        self._open_tool_key: object = None
+        self._seen_tool_keys: set[object] = set()
+        self._has_tool_use = False
+        self._finish_reason: str | None = None
+        self._vllm_stop: str | int | None = None
+        self._usage: Usage | None = None
+        self._output_pieces = 0
+
+    # ---- driving ------------------------------------------------------------------------------
+
+    def start(self) -> list[Event]:
+        message: Event = {
+            "id": self._message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self._estimated_input, "output_tokens": 0},
+        }
+        return [{"type": "message_start", "message": message}, PING]
+
+    def feed(self, chunk: ChatCompletionChunk) -> list[Event]:
+        events: list[Event] = []
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        for choice in chunk.choices[:1]:
+            delta = choice.delta
+            reasoning = delta.reasoning_content or delta.reasoning
+            if reasoning:
+                self._thinking(reasoning, events)
+            if delta.content:
+                self._output_pieces += 1
+                for kind, text in self._splitter.feed(delta.content):
+                    self._route(kind, text, events)
+            if delta.tool_calls:
+                for position, call in enumerate(delta.tool_calls):
+                    self._tool_call_delta(position, call, events)
+            if choice.finish_reason is not None:
+                self._finish_reason = choice.finish_reason
+                self._vllm_stop = choice.stop_reason
+        return events
+
+    def finish(self) -> list[Event]:
+        events: list[Event] = []
+        for kind, text in self._splitter.finish():
+            self._route(kind, text, events)
+        for item in self._text_calls.finish():
+            self._text_call_item(item, events)
+        self._close(events)
+        stop_reason, stop_sequence = self._stop_reason()
+        usage = usage_to_anthropic(self._usage, self._estimated_input, self._output_pieces)
+        delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
+        events.append({"type": "message_delta", "delta": delta, "usage": usage})
+        events.append({"type": "message_stop"})
+        return events
+
+    def fail(self, error: GatewayError) -> list[Event]:
+        """After the 200 the only honest signal is an error event; no stop_reason is made up."""
+        body = {"type": error.anthropic_type, "message": error.message}
+        if error.status < 500:
+            body["type"] = "api_error"
+        return [{"type": "error", "error": body}]
+
+    # ---- content routing ----------------------------------------------------------------------
+
+    def _route(self, kind: str, text: str, events: list[Event]) -> None:
+        if kind == "thinking":
+            self._thinking(text, events)
+            return
+        for item in self._text_calls.feed(text):
+            self._text_call_item(item, events)
+
+    def _text_call_item(self, item: object, events: list[Event]) -> None:
+        if isinstance(item, ToolCallStart):
+            key = ("text", self._blocks)
+            self._open_tool(key, None, item.name, events)
+        elif isinstance(item, ToolCallArgs):
+            if item.fragment:
+                events.append(
+                    self._delta({"type": "input_json_delta", "partial_json": item.fragment})
+                )
+        elif isinstance(item, ToolCallEnd):
+            self._close(events)
+        else:
+            self._text(item.text, events)  # type: ignore[attr-defined]
+
+    def _thinking(self, text: str, events: list[Event]) -> None:
+        if self._open_kind != "thinking":
+            self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, events)
+        events.append(self._delta({"type": "thinking_delta", "thinking": text}))
+
+    def _text(self, text: str, events: list[Event]) -> None:
+        if not text:
+            return
+        self._stop_watcher.feed(text)
+        if self._open_kind != "text":
+            self._open("text", {"type": "text", "text": ""}, events)
+        events.append(self._delta({"type": "text_delta", "text": text}))
+
+    def _tool_call_delta(self, position: int, call: ToolCall, events: list[Event]) -> None:
+        key = call.index if call.index is not None else position
+        function = call.function
+        fragment = function.arguments if function else None
+        if key != self._open_tool_key:
+            if key in self._seen_tool_keys:
+                log.warning(
+                    "dropping a fragment of tool call %s that arrived after a later one", key
+                )
+                return
+            self._open_tool(key, call.id, function.name if function else None, events)
+        if isinstance(fragment, dict):
+            fragment = json_text(fragment)
+        if fragment:
+            events.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
+
+    def _open_tool(
+        self, key: object, call_id: str | None, name: str | None, events: list[Event]
+    ) -> None:
+        self._has_tool_use = True
+        self._seen_tool_keys.add(key)
+        tool_id = call_id or f"toolu_{self._message_id[4:]}_{self._blocks}"
+        start = {"type": "tool_use", "id": tool_id, "name": name or "", "input": {}}
+        self._open("tool_use", start, events)
+        self._open_tool_key = key
+
+    # ---- blocks -------------------------------------------------------------------------------
+
+    def _open(self, kind: str, block: Event, events: list[Event]) -> None:
+        self._close(events)
+        events.append(
+            {"type": "content_block_start", "index": self._blocks, "content_block": block}
+        )
+        self._open_kind = kind
+
+    def _close(self, events: list[Event]) -> None:
+        if self._open_kind is None:
+            return
+        if self._open_kind == "thinking":
+            signature = thinking_signature(self._message_id)
+            events.append(self._delta({"type": "signature_delta", "signature": signature}))
+        events.append({"type": "content_block_stop", "index": self._blocks})
+        self._blocks += 1
+        self._open_kind = None
+        self._open_tool_key = None
+
+    def _delta(self, delta: Event) -> Event:
+        return {"type": "content_block_delta", "index": self._blocks, "delta": delta}
+
+    def _stop_reason(self) -> tuple[str, str | None]:
+        if self._has_tool_use:
+            return "tool_use", None
+        reason = STOP_REASONS.get(self._finish_reason, "end_turn")
+        if reason == "end_turn":
+            matched = resolve_stop_sequence(
+                self._stop_sequences, self._finish_reason, self._vllm_stop, self._stop_watcher.tail
+            )
+            if matched is not None:
+                return "stop_sequence", matched
+        return reason, None

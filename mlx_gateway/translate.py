@@ -1,0 +1,413 @@
+"""Pure translation: Anthropic Messages request -> OpenAI chat request, OpenAI completion ->
+Anthropic message. No I/O; every function takes what it needs and returns new data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from mlx_gateway import anthropic as an
+from mlx_gateway.backends import BackendProfile
+from mlx_gateway.openai import ChatCompletion, FunctionCall, Usage
+from mlx_gateway.stops import resolve_stop_sequence
+from mlx_gateway.textcalls import extract_text_tool_calls
+from mlx_gateway.think import split_think
+
+log = logging.getLogger("mlx_gateway.translate")
+
+STOP_REASONS: dict[str | None, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+    None: "end_turn",
+}
+BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
+TOOL_ERROR_MARK = "[tool error] "
+RAW_ARGUMENTS_KEY = "_raw_arguments"
+
+_json = msgspec.json.Encoder()
+_any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+Json = dict[str, Any]
+
+
+def json_text(value: Any) -> str:
+    return _json.encode(value).decode()
+
+
+# ---- request: Anthropic -> OpenAI -------------------------------------------------------------
+
+
+def is_billing_header(text: str) -> bool:
+    """Claude Code's per-request attribution line; its nonce would defeat every prompt cache."""
+    return text.lstrip().startswith(BILLING_HEADER_PREFIX)
+
+
+def system_text(system: str | list[an.TextBlock] | None) -> str:
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return "" if is_billing_header(system) else system
+    return "\n".join(block.text for block in system if not is_billing_header(block.text))
+
+
+def _image_url(block: an.ImageBlock) -> str | None:
+    source = block.source
+    if source is None:
+        return None
+    if source.type == "base64" and source.data is not None:
+        return f"data:{source.media_type or 'image/png'};base64,{source.data}"
+    return source.url
+
+
+def _document_text(block: an.DocumentBlock) -> str:
+    source = block.source or {}
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        return str(source["data"])
+    if source.get("type") == "content" and isinstance(source.get("content"), list):
+        return "\n".join(str(part.get("text", "")) for part in source["content"])
+    return f"[document omitted: {block.title or source.get('media_type', 'unsupported source')}]"
+
+
+class _Parts:
+    """Collects OpenAI content parts; collapses to a plain string when there is only text."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[Json] = []
+
+    def text(self, text: str) -> None:
+        if text:
+            self.items.append({"type": "text", "text": text})
+
+    def image(self, url: str | None) -> None:
+        if url:
+            self.items.append({"type": "image_url", "image_url": {"url": url}})
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def content(self) -> str | list[Json]:
+        if all(item["type"] == "text" for item in self.items):
+            return "\n".join(item["text"] for item in self.items)
+        return self.items
+
+
+def _add_part(parts: _Parts, block: Any) -> None:
+    if isinstance(block, an.TextBlock):
+        parts.text(block.text)
+    elif isinstance(block, an.ImageBlock):
+        parts.image(_image_url(block))
+    elif isinstance(block, an.DocumentBlock):
+        parts.text(_document_text(block))
+    elif isinstance(block, an.SearchResultBlock):
+        parts.text("\n".join(item.text for item in block.content))
+
+
+def _tool_result_message(block: an.ToolResultBlock, images: _Parts) -> Json:
+    if isinstance(block.content, list):
+        texts = _Parts()
+        for part in block.content:
+            if isinstance(part, an.ImageBlock):
+                images.image(_image_url(part))
+            else:
+                _add_part(texts, part)
+        text = "\n".join(item["text"] for item in texts.items)
+    else:
+        text = block.content or ""
+    if block.is_error:
+        text = TOOL_ERROR_MARK + text
+    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+
+
+def _user_messages(blocks: list[an.ContentBlock]) -> list[Json]:
+    """Tool results first (OpenAI wants them right after the assistant's calls), then one user
+    message with the images the tool results carried and the user's own text and images."""
+    tool_messages: list[Json] = []
+    parts = _Parts()
+    for block in blocks:
+        if isinstance(block, an.ToolResultBlock):
+            tool_messages.append(_tool_result_message(block, parts))
+        else:
+            _add_part(parts, block)
+    if parts:
+        tool_messages.append({"role": "user", "content": parts.content()})
+    return tool_messages
+
+
+def _assistant_message(blocks: list[an.ContentBlock], profile: BackendProfile) -> Json:
+    texts: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: list[Json] = []
+    for block in blocks:
+        if isinstance(block, an.TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, an.ThinkingBlock):
+            reasoning.append(block.thinking)
+        elif isinstance(block, an.ToolUseBlock):
+            arguments = _json.encode(block.input).decode()
+            function = {"name": block.name, "arguments": arguments}
+            tool_calls.append({"id": block.id, "type": "function", "function": function})
+    message: Json = {"role": "assistant", "content": "".join(texts)}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if reasoning and profile.reasoning_back_field:
+        message[profile.reasoning_back_field] = "".join(reasoning)
+    return message
+
+
+def _flatten(content: str | list[an.ContentBlock]) -> str | list[Json]:
+    if isinstance(content, str):
+        return content
+    parts = _Parts()
+    for block in content:
+        _add_part(parts, block)
+    return parts.content() if parts else ""
+
+
+def to_openai_messages(
+    system: str | list[an.TextBlock] | None, messages: list[an.Message], profile: BackendProfile
+) -> list[Json]:
+    converted: list[Json] = []
+    head = system_text(system)
+    if head:
+        converted.append({"role": "system", "content": head})
+    for message in messages:
+        content = message.content
+        if message.role == "assistant":
+            blocks: list[an.ContentBlock] = (
+                [an.TextBlock(text=content)] if isinstance(content, str) else content
+            )
+            converted.append(_assistant_message(blocks, profile))
+        elif message.role == "user" and not isinstance(content, str):
+            converted.extend(_user_messages(content))
+        else:
+            converted.append({"role": message.role, "content": _flatten(content)})
+    return converted
+
+
+def _strip_schema(schema: Any, keys: tuple[str, ...]) -> Any:
+    if not keys:
+        return schema
+    if isinstance(schema, dict):
+        return {k: _strip_schema(v, keys) for k, v in schema.items() if k not in keys}
+    if isinstance(schema, list):
+        return [_strip_schema(item, keys) for item in schema]
+    return schema
+
+
+def is_forwardable_tool(tool: an.Tool) -> bool:
+    """Server tools (web_search, code execution...) run at Anthropic, not on a local model;
+    deferred tools are placeholders the client loads later."""
+    if tool.type not in (None, "custom") or tool.defer_loading:
+        log.debug(
+            "dropping tool %s (type=%s, deferred=%s)", tool.name, tool.type, tool.defer_loading
+        )
+        return False
+    return True
+
+
+def to_openai_tools(tools: list[an.Tool], profile: BackendProfile) -> list[Json]:
+    converted = []
+    for tool in tools:
+        if not is_forwardable_tool(tool):
+            continue
+        schema = tool.input_schema or {"type": "object", "properties": {}}
+        function: Json = {
+            "name": tool.name,
+            "parameters": _strip_schema(schema, profile.schema_keys_to_strip),
+        }
+        if tool.description:
+            function["description"] = tool.description
+        converted.append({"type": "function", "function": function})
+    return converted
+
+
+def to_openai_tool_choice(choice: an.ToolChoice) -> str | Json:
+    if choice.type == "tool":
+        return {"type": "function", "function": {"name": choice.name or ""}}
+    return {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+
+
+def thinking_enabled(thinking: an.ThinkingConfig | None) -> bool | None:
+    if thinking is None:
+        return None
+    return thinking.type != "disabled"
+
+
+def to_openai_request(
+    request: an.MessagesRequest,
+    *,
+    model: str,
+    profile: BackendProfile,
+    max_tokens: int | None = None,
+) -> Json:
+    body: Json = {
+        "model": model,
+        "messages": to_openai_messages(request.system, request.messages, profile),
+        "max_tokens": max_tokens or request.max_tokens,
+        "stream": request.stream,
+    }
+    if request.stream:
+        # An empty stream_options object crashes mlx_lm.server's stream; always say it in full.
+        body["stream_options"] = {"include_usage": True}
+    _copy_sampling(request, body)
+    _copy_tools(request, body, profile)
+    enabled = thinking_enabled(request.thinking)
+    if enabled is not None and profile.thinking_switch == "chat_template_kwargs":
+        body["chat_template_kwargs"] = {"enable_thinking": enabled}
+    return body
+
+
+def _copy_sampling(request: an.MessagesRequest, body: Json) -> None:
+    for name in ("temperature", "top_p", "top_k"):
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
+    if request.stop_sequences:
+        body["stop"] = request.stop_sequences
+    if request.metadata is not None and request.metadata.user_id:
+        body["user"] = request.metadata.user_id
+
+
+def _copy_tools(request: an.MessagesRequest, body: Json, profile: BackendProfile) -> None:
+    tools = to_openai_tools(request.tools or [], profile)
+    if not tools:
+        return
+    body["tools"] = tools
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = to_openai_tool_choice(choice)
+        if choice.disable_parallel_tool_use:
+            body["parallel_tool_calls"] = False
+
+
+# ---- response: OpenAI -> Anthropic ------------------------------------------------------------
+
+
+def parse_tool_arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
+    """Arguments as an object. Broken JSON is repaired where possible; otherwise the raw text is
+    kept under RAW_ARGUMENTS_KEY so the call is never dropped silently."""
+    if isinstance(arguments, dict):
+        return arguments
+    if arguments is None or not arguments.strip():
+        return {}
+    try:
+        parsed = _any_decoder.decode(arguments)
+    except msgspec.DecodeError:
+        parsed = _repair_json(arguments)
+    if isinstance(parsed, dict):
+        return parsed
+    log.warning("tool call arguments are not a JSON object; kept raw: %.200s", arguments)
+    return {RAW_ARGUMENTS_KEY: arguments}
+
+
+def _repair_json(text: str) -> Any:
+    from json_repair import repair_json  # imported lazily: only broken output pays for it
+
+    try:
+        return repair_json(text, return_objects=True)
+    except Exception:  # the repair library has no narrow error type; any failure means "keep raw"
+        return None
+
+
+def usage_to_anthropic(
+    usage: Usage | None, estimated_input: int = 0, estimated_output: int = 0
+) -> Json:
+    """Anthropic counts cached prompt tokens apart from `input_tokens`; the sum is the prompt."""
+    if usage is None:
+        return {"input_tokens": estimated_input, "output_tokens": estimated_output}
+    cached = (usage.prompt_tokens_details.cached_tokens or 0) if usage.prompt_tokens_details else 0
+    result: Json = {
+        "input_tokens": max(usage.prompt_tokens - cached, 0),
+        "output_tokens": usage.completion_tokens,
+    }
+    if (
+        usage.prompt_tokens_details is not None
+        and usage.prompt_tokens_details.cached_tokens is not None
+    ):
+        result["cache_read_input_tokens"] = cached
+    return result
+
+
+def tool_use_block(call_id: str | None, function: FunctionCall | None, fallback_id: str) -> Json:
+    name = function.name if function else None
+    arguments = function.arguments if function else None
+    return {
+        "type": "tool_use",
+        "id": normalise_tool_id(call_id, fallback_id),
+        "name": name or "",
+        "input": parse_tool_arguments(arguments),
+    }
+
+
+def normalise_tool_id(call_id: str | None, fallback_id: str) -> str:
+    """Anthropic ids look like `toolu_...`; mlx_lm.server sends bare UUIDs, some servers none.
+    Ids are kept as they are when present, so tool_result ids match what the backend sent."""
+    return call_id or fallback_id
+
+
+def stop_reason_for(finish_reason: str | None, has_tool_use: bool) -> str:
+    if has_tool_use:
+        return "tool_use"
+    return STOP_REASONS.get(finish_reason, "end_turn")
+
+
+def to_anthropic_message(
+    completion: ChatCompletion,
+    *,
+    model: str,
+    message_id: str,
+    stop_sequences: list[str] | None,
+) -> Json:
+    choice = completion.choices[0] if completion.choices else None
+    message = choice.message if choice else None
+    content = message.content if message else None
+    reasoning = (message.reasoning_content or message.reasoning or "") if message else ""
+    inline_reasoning, text = split_think(content or "")
+    reasoning = reasoning + inline_reasoning
+    text, text_calls = extract_text_tool_calls(text)
+    blocks: list[Json] = []
+    if reasoning:
+        blocks.append(
+            {"type": "thinking", "thinking": reasoning, "signature": thinking_signature(message_id)}
+        )
+    if text:
+        blocks.append({"type": "text", "text": text})
+    calls = (message.tool_calls or []) if message else []
+    for position, call in enumerate(calls):
+        blocks.append(tool_use_block(call.id, call.function, f"toolu_{message_id[4:]}_{position}"))
+    for position, (name, arguments) in enumerate(text_calls, start=len(calls)):
+        function = FunctionCall(name=name, arguments=arguments)
+        blocks.append(tool_use_block(None, function, f"toolu_{message_id[4:]}_{position}"))
+    finish_reason = choice.finish_reason if choice else None
+    has_tool_use = bool(calls or text_calls)
+    stop_reason = stop_reason_for(finish_reason, has_tool_use)
+    matched = None
+    if stop_reason == "end_turn" and stop_sequences:
+        backend_stop = choice.stop_reason if choice else None
+        matched = resolve_stop_sequence(stop_sequences, finish_reason, backend_stop, text)
+        if matched is not None:
+            stop_reason = "stop_sequence"
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks,
+        "stop_reason": stop_reason,
+        "stop_sequence": matched,
+        "usage": usage_to_anthropic(completion.usage),
+    }
+
+
+def thinking_signature(message_id: str) -> str:
+    """Clients must echo thinking blocks back with a signature; the gateway drops them on the way
+    in, so any stable opaque value serves."""
+    return f"mlxgw-{message_id}"

@@ -1,0 +1,93 @@
+"""Settings precedence and one-line errors naming the bad setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlx_gateway.cli import main
+from mlx_gateway.config import Config, load_config
+from mlx_gateway.errors import ConfigError
+
+
+def test_defaults_are_the_seeds() -> None:
+    config = load_config({}, {})
+    assert config == Config()
+    assert (config.host, config.port, config.log_level) == ("127.0.0.1", 8080, "info")
+    assert config.mlx_url == "http://localhost:8081"
+    assert config.mlx_model == "mlx-community/Qwen3-8B-4bit"
+    assert (config.timeout, config.total_timeout) == (120.0, 300.0)
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text('port = 7000\nmlx-model = "from-file"\ntimeout = 30\nlog_level = "debug"\n')
+    environ = {"MLX_GATEWAY_PORT": "7100", "MLX_GATEWAY_MLX_MODEL": "from-env"}
+    config = load_config({"port": "7200"}, environ, str(toml))
+    assert config.port == 7200
+    assert config.mlx_model == "from-env"
+    assert config.timeout == 30.0
+    assert config.log_level == "debug"
+
+
+def test_config_file_from_environment_and_table(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text('[mlx_gateway]\nport = 7001\n[mlx_gateway.model_map]\nhaiku = "small"\n')
+    config = load_config({}, {"MLX_GATEWAY_CONFIG": str(toml)})
+    assert config.port == 7001
+    assert config.model_map == (("haiku", "small"),)
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "named"),
+    [
+        ({"port": "eighty"}, {}, "--port"),
+        ({"port": "70000"}, {}, "--port"),
+        ({}, {"MLX_GATEWAY_TIMEOUT": "-1"}, "MLX_GATEWAY_TIMEOUT"),
+        ({"log_level": "loud"}, {}, "--log-level"),
+        ({"mlx_url": "localhost:8081"}, {}, "--mlx-url"),
+        ({"model_map": ["nonsense"]}, {}, "--model-map"),
+        ({"timeout": "500"}, {}, "total_timeout"),
+    ],
+)
+def test_bad_values_name_the_setting(
+    flags: dict[str, str], environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, environ)
+    assert named in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="prot"):
+        load_config({}, {}, str(toml))
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("http://localhost:8081", "http://localhost:8081"),
+        ("http://localhost:8081/", "http://localhost:8081"),
+        ("http://localhost:11434/v1", "http://localhost:11434"),
+        ("http://localhost:11434/v1/", "http://localhost:11434"),
+    ],
+)
+def test_backend_url_tolerates_trailing_slash_and_v1(url: str, base: str) -> None:
+    assert load_config({"mlx_url": url}, {}).backend_base_url == base
+
+
+def test_log_levels_accept_all_seed_names() -> None:
+    for level in ("trace", "debug", "info", "notice", "warning", "error", "critical"):
+        assert load_config({"log_level": level.upper()}, {}).log_level == level
+
+
+def test_cli_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--port", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlx-gateway: error:")
+    assert "--port" in err
+    assert len(err.splitlines()) == 1
