@@ -26,8 +26,8 @@ from mlx_gateway.errors import (
 from mlx_gateway.models import ModelRouter
 from mlx_gateway.openai import decode_chat_request, decode_chunk, decode_completion
 from mlx_gateway.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_event
-from mlx_gateway.stream import PING, Event, StreamTranslator
-from mlx_gateway.translate import to_anthropic_message, to_openai_request
+from mlx_gateway.stream import PING, Event, StreamTranslator, assemble_message
+from mlx_gateway.translate import gateway_watches_stops, to_anthropic_message, to_openai_request
 from mlx_gateway.upstream import Upstream
 
 log = logging.getLogger("mlx_gateway")
@@ -54,15 +54,20 @@ class Gateway:
     async def messages(self, request: web.Request) -> web.StreamResponse:
         parsed = an.decode_messages_request(await request.read())
         model = self.router.resolve(parsed.model)
-        payload = to_openai_request(parsed, model=model, profile=self.profile)
-        if parsed.stream:
+        upstream_stream = parsed.stream or gateway_watches_stops(parsed, self.profile)
+        payload = to_openai_request(
+            parsed, model=model, profile=self.profile, stream=upstream_stream
+        )
+        if upstream_stream:
             translator = StreamTranslator(
                 model=model,
                 message_id=new_message_id(),
                 estimated_input_tokens=estimate_tokens(request.content_length or 0),
                 stop_sequences=parsed.stop_sequences,
             )
-            return await self._stream_anthropic(request, _json.encode(payload), translator)
+            if parsed.stream:
+                return await self._stream_anthropic(request, _json.encode(payload), translator)
+            return json_response(await self._collect(_json.encode(payload), translator))
         answer = await self.upstream.complete(_json.encode(payload))
         message = to_anthropic_message(
             decode_completion(answer),
@@ -91,7 +96,7 @@ class Gateway:
         async with self.upstream.stream(body) as pieces:
             response = await start_event_stream(request)
             writer = EventWriter(response)
-            heartbeat = asyncio.create_task(writer.keep_alive(PING_INTERVAL))
+            heartbeat = asyncio.create_task(writer.keep_alive(self.config.ping_interval))
             try:
                 await writer.send(translator.start())
                 await writer.send(await relay_anthropic(pieces, translator, writer))
@@ -101,6 +106,20 @@ class Gateway:
             finally:
                 heartbeat.cancel()
         return response
+
+    async def _collect(self, body: bytes, translator: StreamTranslator) -> Event:
+        """A non-streaming answer read from a backend stream, for when the gateway must watch
+        the text as it comes (stop sequences): generation ends as soon as one is seen."""
+        async with self.upstream.stream(body) as pieces:
+            events = translator.start()
+            decoder = SSEDecoder()
+            async for piece in pieces:
+                events += translate_sse(decoder.feed(piece), translator)
+                if translator.stopped:
+                    break
+            else:
+                events += translate_sse(decoder.flush(), translator)
+        return assemble_message(events + translator.finish())
 
     async def _stream_openai(self, request: web.Request, body: bytes) -> web.StreamResponse:
         async with self.upstream.stream(body) as pieces:
@@ -132,7 +151,6 @@ class Gateway:
         return json_response({"status": "ok", "backend": self.config.backend_base_url})
 
 
-PING_INTERVAL = 10.0
 _PING_BYTES = encode_event("ping", b'{"type":"ping"}')
 
 
@@ -183,6 +201,8 @@ async def relay_anthropic(
     try:
         async for piece in pieces:
             await writer.send(translate_sse(decoder.feed(piece), translator))
+            if translator.stopped:
+                return translator.finish()
         await writer.send(translate_sse(decoder.flush(), translator))
     except GatewayError as error:
         log.warning("backend stream failed: %s", error.message)
@@ -225,7 +245,9 @@ def speaks_anthropic(request: web.Request) -> bool:
 
 def error_response(request: web.Request, error: GatewayError) -> web.Response:
     body = anthropic_error_body(error) if speaks_anthropic(request) else openai_error_body(error)
-    return json_response(body, status=error.status)
+    response = json_response(body, status=error.status)
+    response.headers["x-should-retry"] = "true" if error.retryable else "false"
+    return response
 
 
 def _http_exception_as_error(exc: web.HTTPException, request: web.Request) -> GatewayError:

@@ -22,6 +22,10 @@ class BackendProfile:
     schema_keys_to_strip: tuple[str, ...] = ()
     # Text of a backend error that means "this model does not take images".
     image_refusal_markers: tuple[str, ...] = ()
+    # Whether the server says which stop sequence ended the output (vLLM's `stop_reason`).
+    # Others strip the matched text and say only "stop", so the gateway watches for the
+    # sequences itself instead of forwarding them, which makes `stop_sequence` exact.
+    reports_stop_match: bool = False
 
 
 PROFILES: dict[str, BackendProfile] = {
@@ -30,7 +34,9 @@ PROFILES: dict[str, BackendProfile] = {
     ),
     "ollama": BackendProfile(name="ollama", thinking_switch=None),
     "llama_cpp": BackendProfile(name="llama_cpp", reasoning_back_field="reasoning_content"),
-    "vllm": BackendProfile(name="vllm", reasoning_back_field="reasoning_content"),
+    "vllm": BackendProfile(
+        name="vllm", reasoning_back_field="reasoning_content", reports_stop_match=True
+    ),
     "lmstudio": BackendProfile(name="lmstudio", thinking_switch=None),
     "openai": BackendProfile(name="openai", thinking_switch=None),
 }

@@ -35,6 +35,7 @@ class Config:
     model_map: tuple[tuple[str, str], ...] = field(default=())
     context_window: int = 0
     workers: int = 1
+    ping_interval: float = 10.0
 
     @property
     def backend_base_url(self) -> str:
@@ -131,6 +132,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_map", parse_model_map_entry, "PATTERN=MODEL alias, repeatable", repeated=True),
     Setting("context_window", _parse_non_negative_int, "model context in tokens (0: discover)"),
     Setting("workers", _parse_positive_int, "gateway processes sharing the port (default 1)"),
+    Setting(
+        "ping_interval", _parse_positive_float, "seconds between pings on a silent stream (10)"
+    ),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 

@@ -25,6 +25,9 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     anthropic_type: ClassVar[str] = "api_error"
     openai_type: ClassVar[str] = "server_error"
+    # Told to clients in `x-should-retry`: Claude Code otherwise retries 5xx answers for about
+    # three minutes and replays a 400 six times with features stripped.
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -67,6 +70,7 @@ class BackendUnavailable(GatewayError):
     status = 503
     anthropic_type = "overloaded_error"
     openai_type = "server_error"
+    retryable = True
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"MLX backend unavailable: {reason}")
@@ -74,6 +78,7 @@ class BackendUnavailable(GatewayError):
 
 class BackendFailed(GatewayError):
     status = 502
+    retryable = True
 
     def __init__(self, backend_status: int, body: str) -> None:
         super().__init__(f"MLX backend returned HTTP {backend_status}: {body}")

@@ -21,10 +21,16 @@ from typing import Any
 
 from mlx_gateway.errors import GatewayError
 from mlx_gateway.openai import ChatCompletionChunk, ToolCall, Usage
-from mlx_gateway.stops import StopSequenceWatcher, resolve_stop_sequence
+from mlx_gateway.stops import StopSequenceCutter, resolve_stop_sequence
 from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
 from mlx_gateway.think import ThinkSplitter
-from mlx_gateway.translate import STOP_REASONS, json_text, thinking_signature, usage_to_anthropic
+from mlx_gateway.translate import (
+    STOP_REASONS,
+    json_text,
+    parse_tool_arguments,
+    thinking_signature,
+    usage_to_anthropic,
+)
 
 log = logging.getLogger("mlx_gateway.stream")
 
@@ -45,8 +51,8 @@ class StreamTranslator:
         "_output_pieces",
         "_seen_tool_keys",
         "_splitter",
+        "_stop_cutter",
         "_stop_sequences",
-        "_stop_watcher",
         "_text_calls",
         "_usage",
         "_vllm_stop",
@@ -67,7 +73,7 @@ class StreamTranslator:
         self._splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
         self._text_calls = TextToolCallExtractor()
         self._stop_sequences = stop_sequences or []
-        self._stop_watcher = StopSequenceWatcher(self._stop_sequences)
+        self._stop_cutter = StopSequenceCutter(self._stop_sequences)
         self._blocks = 0
         self._open_kind: str | None = None
         self._open_tool_key: object = None
@@ -102,10 +108,9 @@ class StreamTranslator:
             reasoning = delta.reasoning_content or delta.reasoning
             if reasoning:
                 self._thinking(reasoning, events)
-            if delta.content:
+            if delta.content and not self.stopped:
                 self._output_pieces += 1
-                for kind, text in self._splitter.feed(delta.content):
-                    self._route(kind, text, events)
+                self._content(self._stop_cutter.feed(delta.content)[0], events)
             if delta.tool_calls:
                 for position, call in enumerate(delta.tool_calls):
                     self._tool_call_delta(position, call, events)
@@ -114,8 +119,14 @@ class StreamTranslator:
                 self._vllm_stop = choice.stop_reason
         return events
 
+    @property
+    def stopped(self) -> bool:
+        """A stop sequence was seen: the caller should end the backend request and finish()."""
+        return self._stop_cutter.matched is not None
+
     def finish(self) -> list[Event]:
         events: list[Event] = []
+        self._content(self._stop_cutter.finish(), events)
         for kind, text in self._splitter.finish():
             self._route(kind, text, events)
         for item in self._text_calls.finish():
@@ -136,6 +147,11 @@ class StreamTranslator:
         return [{"type": "error", "error": body}]
 
     # ---- content routing ----------------------------------------------------------------------
+
+    def _content(self, text: str, events: list[Event]) -> None:
+        if text:
+            for kind, piece in self._splitter.feed(text):
+                self._route(kind, piece, events)
 
     def _route(self, kind: str, text: str, events: list[Event]) -> None:
         if kind == "thinking":
@@ -166,7 +182,6 @@ class StreamTranslator:
     def _text(self, text: str, events: list[Event]) -> None:
         if not text:
             return
-        self._stop_watcher.feed(text)
         if self._open_kind != "text":
             self._open("text", {"type": "text", "text": ""}, events)
         events.append(self._delta({"type": "text_delta", "text": text}))
@@ -223,11 +238,50 @@ class StreamTranslator:
     def _stop_reason(self) -> tuple[str, str | None]:
         if self._has_tool_use:
             return "tool_use", None
+        if self._stop_cutter.matched is not None:
+            return "stop_sequence", self._stop_cutter.matched
         reason = STOP_REASONS.get(self._finish_reason, "end_turn")
         if reason == "end_turn":
             matched = resolve_stop_sequence(
-                self._stop_sequences, self._finish_reason, self._vllm_stop, self._stop_watcher.tail
+                self._stop_sequences, self._finish_reason, self._vllm_stop, ""
             )
             if matched is not None:
                 return "stop_sequence", matched
         return reason, None
+
+
+def assemble_message(events: list[Event]) -> Event:
+    """The non-streaming message that a stream of events describes (one translation path for
+    both modes where the gateway must watch the text itself, e.g. for stop sequences)."""
+    message: Event = {}
+    partial_json: dict[int, list[str]] = {}
+    for event in events:
+        kind = event["type"]
+        if kind == "message_start":
+            message = {**event["message"], "content": []}
+        elif kind == "content_block_start":
+            message["content"].append(dict(event["content_block"]))
+        elif kind == "content_block_delta":
+            _apply_delta(
+                message["content"][event["index"]], event["delta"], partial_json, event["index"]
+            )
+        elif kind == "message_delta":
+            message.update(event["delta"])
+            message["usage"] = {**message["usage"], **event["usage"]}
+    for index, fragments in partial_json.items():
+        message["content"][index]["input"] = parse_tool_arguments("".join(fragments))
+    return message
+
+
+def _apply_delta(
+    block: Event, delta: Event, partial_json: dict[int, list[str]], index: int
+) -> None:
+    kind = delta["type"]
+    if kind == "text_delta":
+        block["text"] += delta["text"]
+    elif kind == "thinking_delta":
+        block["thinking"] += delta["thinking"]
+    elif kind == "signature_delta":
+        block["signature"] = delta["signature"]
+    elif kind == "input_json_delta":
+        partial_json.setdefault(index, []).append(delta["partial_json"])

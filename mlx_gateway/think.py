@@ -9,12 +9,13 @@ it must:
 * Inside reasoning, ``</think>`` closes it. A ``<think>`` right at the start of a section
   (only whitespace before it) is a duplicate opening and is dropped: with
   ``starts_in_reasoning=True`` the prompt opened the section, yet some models open it again.
-* A stray ``</think>`` (no section open, none closed yet) means the chat template put
-  ``<think>`` in the prompt (Qwen3 thinking variants, DeepSeek-R1): the tag is dropped and
-  what follows is the answer. Text already emitted before it cannot be recalled in a stream,
-  so the caller should pass ``starts_in_reasoning=True`` for such models; ``split_think``,
-  which sees the whole text, detects the case exactly. After a section has closed, a later
-  ``</think>`` is ordinary text.
+* A stray ``</think>`` (no section open, none closed yet, no ``<think>`` in the answer)
+  means the chat template put ``<think>`` in the prompt (Qwen3 thinking variants,
+  DeepSeek-R1): the tag is dropped and what follows is the answer. Text already emitted
+  before it cannot be recalled in a stream, so the caller should pass
+  ``starts_in_reasoning=True`` for such models; ``split_think``, which sees the whole text,
+  detects the case exactly. After a section has closed, a later ``</think>`` is ordinary
+  text.
 * Whitespace at the start of a reasoning section and right after ``</think>`` (models write
   ``<think>\\n`` and ``</think>\\n\\n``) is dropped, so ``<think>\\n\\n</think>`` yields no
   thinking at all. Whitespace at the very start of the reply is held until it is known
@@ -69,6 +70,10 @@ class ThinkSplitter:
             pos = at + len(tag)
         held_at = _held_start(buf, pos, tags)
         self._emit(out, buf[pos:held_at])
+        if held_at < len(buf) and self._tags() != tags:
+            # The answer began just now; the held text may no longer start a live tag.
+            pos, held_at = held_at, _held_start(buf, held_at, self._tags())
+            self._emit(out, buf[pos:held_at])
         self._held = buf[held_at:]
         return out
 
@@ -85,21 +90,24 @@ class ThinkSplitter:
     def _tags(self) -> tuple[str, ...]:
         if self._reasoning:
             return _BOTH if self._strip else _CLOSE_ONLY
-        if self._started:
-            return _NONE if self._closed else _CLOSE_ONLY
-        return _OPEN_ONLY if self._closed else _BOTH
+        if self._closed:
+            return _NONE if self._started else _OPEN_ONLY
+        return _BOTH
 
     def _on_tag(self, out: list[Piece], tag: str) -> None:
-        # Emitting the text before the tag may have made the tag ordinary text.
-        if tag not in self._tags():
+        if tag not in self._tags():  # the text before it made it ordinary text
             self._emit(out, tag)
-        elif tag == OPEN:
-            if not self._reasoning:
-                self._reasoning = self._strip = True
-                self._ws = ""
-        else:
+        elif tag == CLOSE:
             self._reasoning = False
             self._closed = self._strip = True
+            self._ws = ""
+        elif self._started:
+            # ``<think>`` named in the answer: a later ``</think>`` belongs to it, not to a
+            # section the prompt opened.
+            self._emit(out, tag)
+            self._closed = True
+        elif not self._reasoning:
+            self._reasoning = self._strip = True
             self._ws = ""
 
     def _emit(self, out: list[Piece], piece: str) -> None:

@@ -241,23 +241,29 @@ def thinking_enabled(thinking: an.ThinkingConfig | None) -> bool | None:
     return thinking.type != "disabled"
 
 
+def gateway_watches_stops(request: an.MessagesRequest, profile: BackendProfile) -> bool:
+    """Stop sequences the backend will not report are enforced by the gateway on a stream."""
+    return bool(request.stop_sequences) and not profile.reports_stop_match
+
+
 def to_openai_request(
     request: an.MessagesRequest,
     *,
     model: str,
     profile: BackendProfile,
+    stream: bool,
     max_tokens: int | None = None,
 ) -> Json:
     body: Json = {
         "model": model,
         "messages": to_openai_messages(request.system, request.messages, profile),
         "max_tokens": max_tokens or request.max_tokens,
-        "stream": request.stream,
+        "stream": stream,
     }
-    if request.stream:
+    if stream:
         # An empty stream_options object crashes mlx_lm.server's stream; always say it in full.
         body["stream_options"] = {"include_usage": True}
-    _copy_sampling(request, body)
+    _copy_sampling(request, body, profile)
     _copy_tools(request, body, profile)
     enabled = thinking_enabled(request.thinking)
     if enabled is not None and profile.thinking_switch == "chat_template_kwargs":
@@ -265,12 +271,12 @@ def to_openai_request(
     return body
 
 
-def _copy_sampling(request: an.MessagesRequest, body: Json) -> None:
+def _copy_sampling(request: an.MessagesRequest, body: Json, profile: BackendProfile) -> None:
     for name in ("temperature", "top_p", "top_k"):
         value = getattr(request, name)
         if value is not None:
             body[name] = value
-    if request.stop_sequences:
+    if request.stop_sequences and profile.reports_stop_match:
         body["stop"] = request.stop_sequences
     if request.metadata is not None and request.metadata.user_id:
         body["user"] = request.metadata.user_id

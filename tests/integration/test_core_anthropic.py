@@ -12,7 +12,14 @@ import pytest
 
 from tests.conftest import StartGateway
 from tests.support.gateway import GatewayProcess
-from tests.support.scripted_backend import Completion, RecordedRequest, ScriptedBackend
+from tests.support.scripted_backend import (
+    Completion,
+    Pause,
+    RecordedRequest,
+    ScriptedBackend,
+    Stream,
+    chunk,
+)
 
 MODEL = "test-org/Test-Model-4bit"
 
@@ -67,7 +74,6 @@ def test_parameters_are_carried_over(
         max_tokens=10,
         # Newer SDKs dropped the sampling keywords; the API still takes them in the body.
         extra_body={"temperature": 0.2, "top_p": 0.9, "top_k": 40},
-        stop_sequences=["END", "STOP"],
         metadata={"user_id": "user-42"},
         system=[
             {"type": "text", "text": "First.", "cache_control": {"type": "ephemeral"}},
@@ -86,7 +92,6 @@ def test_parameters_are_carried_over(
     assert sent["temperature"] == 0.2
     assert sent["top_p"] == 0.9
     assert sent["top_k"] == 40
-    assert sent["stop"] == ["END", "STOP"]
     assert sent["user"] == "user-42"
     assert sent["messages"] == [
         {"role": "system", "content": "First.\nSecond."},
@@ -225,3 +230,44 @@ def test_one_megabyte_request(
     )
     assert message.content[0].text == "read it"  # type: ignore[union-attr]
     assert scripted_backend.last_json()["messages"][0]["content"] == big
+
+
+def test_stop_sequences_go_to_a_backend_that_reports_the_match(
+    scripted_backend: ScriptedBackend, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway(scripted_backend.url, "--backend", "vllm")
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    scripted_backend.queue(Completion(text="one two", extra_choice={"stop_reason": "STOP"}))
+    message = client.messages.create(
+        model="m",
+        max_tokens=10,
+        stop_sequences=["END", "STOP"],
+        messages=[{"role": "user", "content": "count"}],
+    )
+    assert scripted_backend.last_json()["stop"] == ["END", "STOP"]
+    assert message.stop_reason == "stop_sequence"
+    assert message.stop_sequence == "STOP"
+
+
+def test_gateway_enforces_stop_sequences_itself(
+    client: anthropic.Anthropic, scripted_backend: ScriptedBackend
+) -> None:
+    """mlx_lm.server, llama.cpp and Ollama strip the matched text and do not say which one
+    matched; the gateway watches the stream itself and ends the backend request there."""
+    pieces: list[Any] = [
+        chunk({"role": "assistant", "content": "one two E"}),
+        chunk({"content": "ND three"}),
+    ]
+    pieces += [item for _ in range(50) for item in (Pause(0.05), chunk({"content": " more"}))]
+    scripted_backend.queue(Stream(pieces))
+    message = client.messages.create(
+        model="m",
+        max_tokens=10,
+        stop_sequences=["END", "STOP"],
+        messages=[{"role": "user", "content": "count"}],
+    )
+    assert "stop" not in scripted_backend.last_json()
+    assert message.content[0].text == "one two "  # type: ignore[union-attr]
+    assert message.stop_reason == "stop_sequence"
+    assert message.stop_sequence == "END"
+    scripted_backend.wait_for_disconnect(timeout=2)

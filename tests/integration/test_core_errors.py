@@ -108,6 +108,7 @@ def test_validation_names_the_field(
     response = httpx.post(f"{gateway.url}/v1/messages", json=body, timeout=5)
     message = assert_anthropic_error(response, 400, "invalid_request_error")
     assert message.startswith(f"{field}:"), message
+    assert response.headers["x-should-retry"] == "false"
     assert scripted_backend.requests == []
 
 
@@ -135,6 +136,7 @@ def test_backend_down_then_back(scripted_backend: ScriptedBackend, gateway: Gate
     response = httpx.post(f"{gateway.url}/v1/messages", json=HELLO, timeout=10)
     message = assert_anthropic_error(response, 503, "overloaded_error")
     assert message.startswith("MLX backend unavailable: ")
+    assert response.headers["x-should-retry"] == "true"
     response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=10)
     assert assert_openai_error(response, 503, "server_error").startswith(
         "MLX backend unavailable: "

@@ -73,6 +73,7 @@ class Completion:
     reasoning_content: str | None = None
     reasoning: str | None = None
     extra_message: dict[str, Any] | None = None
+    extra_choice: dict[str, Any] | None = None  # e.g. vLLM's {"stop_reason": "END"}
     delay: float = 0
     model: str | None = None
 
@@ -474,7 +475,13 @@ def _completion_body(reply: Completion, model: str) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": reply.finish_reason,
+                **(reply.extra_choice or {}),
+            }
         ],
     }
     if reply.usage is not None:
