@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from mlx_gateway import __version__
 from mlx_gateway.app import create_app
+from mlx_gateway.code import run_code, split_code_command
 from mlx_gateway.config import SETTINGS, Config, load_config
 from mlx_gateway.errors import ConfigError
 
@@ -32,6 +34,7 @@ _LEVELS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlx-gateway",
+        epilog="`mlx-gateway [flags] code [claude args...]` runs Claude Code through the gateway.",
         description="Anthropic Messages and OpenAI Chat Completions for a local model server.",
     )
     parser.add_argument("--version", action="version", version=f"mlx-gateway {__version__}")
@@ -85,13 +88,44 @@ def serve(config: Config) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def serve_workers(config: Config) -> None:
+    """N processes on one port (SO_REUSEPORT): the gateway keeps no state between requests, so
+    the kernel may hand any connection to any of them."""
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=serve, args=(config,)) for _ in range(config.workers)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=10)
+
+
+def parse_config(argv: Sequence[str]) -> Config:
     args = build_parser().parse_args(argv)
     flags = {name: value for name, value in vars(args).items() if name != "config"}
+    return load_config(flags, os.environ, args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    code_command = split_code_command(arguments)
+    gateway_argv = code_command[0] if code_command else arguments
     try:
-        config = load_config(flags, os.environ, args.config)
+        config = parse_config(gateway_argv)
     except ConfigError as exc:
         print(f"mlx-gateway: error: {exc.message}", file=sys.stderr)
         return 2
-    serve(config)
+    if code_command is not None:
+        return run_code(config, gateway_argv, code_command[1])
+    if config.workers > 1:
+        serve_workers(config)
+    else:
+        serve(config)
     return 0

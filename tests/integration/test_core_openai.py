@@ -73,3 +73,37 @@ def test_models_and_health(gateway: GatewayProcess) -> None:
     health = httpx.get(f"{gateway.url}/health", timeout=5)
     assert health.status_code == 200
     assert json.loads(health.text)["status"] == "ok"
+
+
+def test_model_aliases_route_and_are_listed(
+    scripted_backend: ScriptedBackend, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway(
+        scripted_backend.url,
+        "--mlx-model",
+        "big/default",
+        "--model-map",
+        "haiku=small/fast",
+        "--model-map",
+        "*opus*=big/slow",
+    )
+    scripted_backend.queue(Completion(), Completion(), Completion(), Completion())
+    for client_model, backend_model in [
+        ("claude-haiku-4-5", "small/fast"),
+        ("claude-opus-4-1", "big/slow"),
+        ("claude-sonnet-4-5", "big/default"),
+    ]:
+        body = {
+            "model": client_model,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        httpx.post(f"{gateway.url}/v1/messages", json=body, timeout=5)
+        assert scripted_backend.last_json()["model"] == backend_model
+    chat = {"model": "my-haiku", "messages": [{"role": "user", "content": "x"}]}
+    httpx.post(f"{gateway.url}/v1/chat/completions", json=chat, timeout=5)
+    assert scripted_backend.last_json()["model"] == "small/fast"
+    listed = [
+        model["id"] for model in httpx.get(f"{gateway.url}/v1/models", timeout=5).json()["data"]
+    ]
+    assert listed == ["big/default", "small/fast", "big/slow", "haiku"]

@@ -40,8 +40,15 @@ HELLO: dict[str, Any] = {
 def gateway(scripted_backend: ScriptedBackend, start_gateway: StartGateway) -> GatewayProcess:
     return start_gateway(
         scripted_backend.url,
-        "--mlx-model", MODEL, "--timeout", "1", "--total-timeout", "4", "--ping-interval", "0.3",
-    )  # fmt: skip
+        "--mlx-model",
+        MODEL,
+        "--timeout",
+        "1",
+        "--total-timeout",
+        "4",
+        "--ping-interval",
+        "0.3",
+    )
 
 
 @pytest.fixture
