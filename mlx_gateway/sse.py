@@ -35,7 +35,7 @@ DONE = b"data: [DONE]\n\n"
 _BOM = b"\xef\xbb\xbf"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SSEEvent:
     """One dispatched event, or one comment line when ``comment`` is not None.
 
@@ -44,7 +44,8 @@ class SSEEvent:
 
     ``event`` is None when the stream named no type (the spec's default, "message");
     ``id`` is the stream's last event id at dispatch time, which per the spec carries
-    over to later events until the stream sets another.
+    over to later events until the stream sets another. Not frozen: one is built per
+    backend chunk, and a frozen dataclass costs several times more to construct.
     """
 
     event: str | None

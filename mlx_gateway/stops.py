@@ -16,8 +16,9 @@ and (OpenAI semantics) leave the stop text out of the output. What each backend 
   word produce the same ``finish_reason`` and the same text, and nothing in the response
   says which word matched. Worse, a stop word that the model spells with other tokens is
   silently deleted from the middle of the text while generation goes on.
-* llama.cpp, Ollama, LM Studio strip the matched text as well and do not name it in
-  their OpenAI-compatible responses.
+* llama.cpp, Ollama, LM Studio strip the matched text as well and report only a reason in
+  their OpenAI-compatible responses (llama.cpp names the word, ``stopping_word``, only on
+  its native ``/completion`` endpoint).
 
 So from a stripping backend the matched sequence cannot be determined; the honest answer is
 ``None`` (end_turn). A backend that keeps the stop text in its output (or one that was not

@@ -17,6 +17,8 @@ calls in the reply text. ``TextToolCallExtractor`` turns that text into events, 
   colon, a comma or an unfinished number waits for the next feed. If the call is cut short
   (the tag closes early, the reply ends) or the JSON breaks, the rest is dropped and the
   fragments are closed from that last point: their concatenation is always one JSON object.
+  JSON that breaks before anything but ``{`` went out (single quotes: a Python dict) is kept
+  and repaired whole at the end instead.
 * A body that does not fit the head shape (``"arguments"`` before ``"name"``, arguments as a
   JSON string, an OpenAI-style ``{"function": ...}`` wrapper, a list of calls, broken JSON)
   is buffered until the first ``</tool_call>`` and parsed whole, with ``json_repair`` when it
@@ -50,24 +52,24 @@ OPEN: Final = "<tool_call>"
 CLOSE: Final = "</tool_call>"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextPiece:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToolCallStart:
     index: int  # calls are numbered from 0 within one reply
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToolCallArgs:
     index: int
     fragment: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToolCallEnd:
     index: int
 
@@ -395,7 +397,13 @@ def _load(text: str) -> object:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except ValueError:
+        pass
+    except RecursionError:  # absurd nesting: not a tool call
+        return None
+    try:
         return json_repair.loads(text)
+    except RecursionError:
+        return None
 
 
 def _args_json(value: object) -> str:

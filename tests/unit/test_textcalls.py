@@ -329,6 +329,21 @@ def test_finish_twice() -> None:
     assert extractor.finish() == []
 
 
+@pytest.mark.parametrize(
+    "body", ["[" * 100_000, '{"a":' * 100_000, '{"name": "f", "arguments": [' * 50_000]
+)
+def test_absurd_nesting_is_text_not_a_crash(body: str) -> None:
+    text = f"<tool_call>{body}</tool_call>"
+    assert extract_text_tool_calls(text) == (text, [])
+
+
+def test_deep_streamed_arguments_stay_valid() -> None:
+    text = '<tool_call>{"name": "f", "arguments": ' + '{"a": [' * 5000 + "</tool_call>"
+    remaining, [(name, args)] = extract_text_tool_calls(text)
+    assert (remaining, name) == ("", "f")
+    assert args == '{"a": [' * 5000 + "]}" * 5000
+
+
 def test_many_calls_in_one_feed() -> None:
     text = "".join(call(f"f{i}", f'{{"i": {i}}}') for i in range(20))
     _, calls = extract_text_tool_calls(text)

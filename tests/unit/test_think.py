@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_gateway.think import Piece, ThinkSplitter, split_think
+from mlx_gateway.think import Kind, Piece, ThinkSplitter, split_think
 
 
 def run(chunks: list[str], starts_in_reasoning: bool = False) -> list[Piece]:
@@ -30,7 +30,8 @@ def merged(pieces: list[Piece]) -> list[Piece]:
     return out
 
 
-T, A = "thinking", "text"
+T: Kind = "thinking"
+A: Kind = "text"
 
 CASES: list[tuple[str, str, bool, list[Piece]]] = [
     ("plain", "Hello world", False, [(A, "Hello world")]),
