@@ -46,7 +46,13 @@ class SearchResultBlock(CacheControlled, tag="search_result"):
     content: list[TextBlock] = msgspec.field(default_factory=list)
 
 
-ToolResultPart = TextBlock | ImageBlock | DocumentBlock | SearchResultBlock
+class ToolReferenceBlock(CacheControlled, tag="tool_reference"):
+    """What a tool search returns: the name of a tool the client has now loaded."""
+
+    tool_name: str = ""
+
+
+ToolResultPart = TextBlock | ImageBlock | DocumentBlock | SearchResultBlock | ToolReferenceBlock
 
 
 class ToolUseBlock(CacheControlled, tag="tool_use"):

@@ -15,6 +15,7 @@ from aiohttp import web
 from mlx_gateway import anthropic as an
 from mlx_gateway.backends import resolve_profile
 from mlx_gateway.config import Config
+from mlx_gateway.context import PromptContext
 from mlx_gateway.errors import (
     GatewayError,
     MethodNotAllowed,
@@ -26,8 +27,15 @@ from mlx_gateway.errors import (
 from mlx_gateway.models import ModelRouter
 from mlx_gateway.openai import decode_chat_request, decode_chunk, decode_completion
 from mlx_gateway.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_event
-from mlx_gateway.stream import PING, Event, StreamTranslator, assemble_message
-from mlx_gateway.translate import gateway_watches_stops, to_anthropic_message, to_openai_request
+from mlx_gateway.stream import (
+    PING,
+    Event,
+    StreamTranslator,
+    assemble_message,
+    to_anthropic_message,
+)
+from mlx_gateway.tokens import count_request
+from mlx_gateway.translate import gateway_watches_stops, to_openai_request
 from mlx_gateway.upstream import Upstream
 
 log = logging.getLogger("mlx_gateway")
@@ -48,6 +56,10 @@ class Gateway:
         self.upstream = Upstream(
             config.backend_base_url, self.profile, config.timeout, config.total_timeout
         )
+        # The model's context window and prompt counts, discovered and cached per backend model.
+        self.context = PromptContext(
+            self.profile, self.upstream, configured_window=config.context_window
+        )
 
     # ---- Anthropic ----------------------------------------------------------------------------
 
@@ -58,11 +70,24 @@ class Gateway:
         payload = to_openai_request(
             parsed, model=model, profile=self.profile, stream=upstream_stream
         )
+        # Before any stream starts: a prompt that cannot fit is a 400, an answer limit that
+        # would run past the window is lowered (nothing is counted while no window is known).
+        max_tokens, prompt = await self.context.fit(model, payload, parsed.max_tokens)
+        if max_tokens != parsed.max_tokens:
+            payload = to_openai_request(
+                parsed,
+                model=model,
+                profile=self.profile,
+                stream=upstream_stream,
+                max_tokens=max_tokens,
+            )
         if upstream_stream:
             translator = StreamTranslator(
                 model=model,
                 message_id=new_message_id(),
-                estimated_input_tokens=estimate_tokens(request.content_length or 0),
+                estimated_input_tokens=(
+                    prompt.tokens if prompt else estimate_tokens(request.content_length or 0)
+                ),
                 stop_sequences=parsed.stop_sequences,
             )
             if parsed.stream:
@@ -76,6 +101,14 @@ class Gateway:
             stop_sequences=parsed.stop_sequences,
         )
         return json_response(message)
+
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """Counts the prompt of the request `/v1/messages` would send for the same body."""
+        parsed = an.decode_count_tokens_request(await request.read())
+        model = self.router.resolve(parsed.model)
+        body = count_request(parsed, model=model, profile=self.profile)
+        counted = await self.context.count(model, body)
+        return json_response({"input_tokens": counted.tokens})
 
     # ---- OpenAI -------------------------------------------------------------------------------
 
@@ -148,7 +181,14 @@ class Gateway:
         return json_response({"object": "list", "data": data})
 
     async def health(self, _: web.Request) -> web.StreamResponse:
-        return json_response({"status": "ok", "backend": self.config.backend_base_url})
+        return json_response(
+            {
+                "status": "ok",
+                "service": "mlx-gateway",
+                "backend": self.config.backend_base_url,
+                "model": self.config.mlx_model,
+            }
+        )
 
 
 _PING_BYTES = encode_event("ping", b'{"type":"ping"}')
@@ -291,6 +331,7 @@ def create_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(lifespan)
     app.router.add_post("/v1/messages", gateway.messages)
+    app.router.add_post("/v1/messages/count_tokens", gateway.count_tokens)
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
     app.router.add_post("/chat/completions", gateway.chat_completions)
     app.router.add_get("/v1/models", gateway.models)

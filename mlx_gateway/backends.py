@@ -11,6 +11,17 @@ from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, slots=True)
+class ContextProbe:
+    """Where a server tells its context window: `path` is fetched (GET, or POST of
+    `{"model": <backend model>}` when `post_model`) and the answer is read by the parser named
+    `parser` in `context.WINDOW_PARSERS`. `{model}` in the path is the backend model's name."""
+
+    path: str
+    parser: str
+    post_model: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class BackendProfile:
     name: str
     # How reasoning is switched on and off: Qwen3-style chat templates read `enable_thinking`
@@ -26,16 +37,42 @@ class BackendProfile:
     # Others strip the matched text and say only "stop", so the gateway watches for the
     # sequences itself instead of forwarding them, which makes `stop_sequence` exact.
     reports_stop_match: bool = False
+    # Where the context window is discovered (see ContextProbe); None: only --context-window.
+    context_probe: ContextProbe | None = None
+    # Exact prompt counts from the server itself. vLLM's `/tokenize` takes the chat request and
+    # answers `count`; llama.cpp renders it with `/apply-template` first, and its `/tokenize`
+    # takes the text. Without them the gateway counts locally or estimates (see tokens.py).
+    tokenize_path: str | None = None
+    apply_template_path: str | None = None
+    # mlx_lm.server loads `--mlx-model` from a folder or the Hugging Face cache, so the gateway
+    # can read the same tokenizer, chat template and config.json (the context window).
+    reads_local_model: bool = False
 
 
 PROFILES: dict[str, BackendProfile] = {
     "mlx_lm": BackendProfile(
-        name="mlx_lm", image_refusal_markers=("Only 'text' content type is supported",)
+        name="mlx_lm",
+        image_refusal_markers=("Only 'text' content type is supported",),
+        reads_local_model=True,
     ),
-    "ollama": BackendProfile(name="ollama", thinking_switch=None),
-    "llama_cpp": BackendProfile(name="llama_cpp", reasoning_back_field="reasoning_content"),
+    "ollama": BackendProfile(
+        name="ollama",
+        thinking_switch=None,
+        context_probe=ContextProbe("/api/show", "ollama_show", post_model=True),
+    ),
+    "llama_cpp": BackendProfile(
+        name="llama_cpp",
+        reasoning_back_field="reasoning_content",
+        context_probe=ContextProbe("/props", "llama_cpp_props"),
+        tokenize_path="/tokenize",
+        apply_template_path="/apply-template",
+    ),
     "vllm": BackendProfile(
-        name="vllm", reasoning_back_field="reasoning_content", reports_stop_match=True
+        name="vllm",
+        reasoning_back_field="reasoning_content",
+        reports_stop_match=True,
+        context_probe=ContextProbe("/v1/models", "vllm_models"),
+        tokenize_path="/tokenize",
     ),
     "lmstudio": BackendProfile(name="lmstudio", thinking_switch=None),
     "openai": BackendProfile(name="openai", thinking_switch=None),

@@ -20,10 +20,19 @@ import logging
 from typing import Any
 
 from mlx_gateway.errors import GatewayError
-from mlx_gateway.openai import ChatCompletionChunk, ToolCall, Usage
+from mlx_gateway.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ToolCall,
+    Usage,
+)
+from mlx_gateway.partialjson import closing_suffix, is_json_object
 from mlx_gateway.stops import StopSequenceCutter, resolve_stop_sequence
 from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
-from mlx_gateway.think import ThinkSplitter
+from mlx_gateway.think import ThinkSplitter, opened_by_prompt
 from mlx_gateway.translate import (
     STOP_REASONS,
     json_text,
@@ -54,6 +63,7 @@ class StreamTranslator:
         "_stop_cutter",
         "_stop_sequences",
         "_text_calls",
+        "_tool_fragments",
         "_usage",
         "_vllm_stop",
     )
@@ -83,6 +93,7 @@ class StreamTranslator:
         self._vllm_stop: str | int | None = None
         self._usage: Usage | None = None
         self._output_pieces = 0
+        self._tool_fragments: list[str] = []
 
     # ---- driving ------------------------------------------------------------------------------
 
@@ -166,9 +177,7 @@ class StreamTranslator:
             self._open_tool(key, None, item.name, events)
         elif isinstance(item, ToolCallArgs):
             if item.fragment:
-                events.append(
-                    self._delta({"type": "input_json_delta", "partial_json": item.fragment})
-                )
+                self._arguments(item.fragment, events)
         elif isinstance(item, ToolCallEnd):
             self._close(events)
         else:
@@ -186,8 +195,20 @@ class StreamTranslator:
             self._open("text", {"type": "text", "text": ""}, events)
         events.append(self._delta({"type": "text_delta", "text": text}))
 
+    def _tool_call_key(self, position: int, call: ToolCall) -> object:
+        """Which call a delta belongs to: its `index` when the server sends one; else a new id
+        or a new name starts a call, and a bare fragment continues the open one."""
+        if call.index is not None:
+            return ("index", call.index)
+        if call.id:
+            return ("id", call.id)
+        named = call.function is not None and bool(call.function.name)
+        if self._open_tool_key is not None and not named:
+            return self._open_tool_key
+        return ("position", self._blocks, position)
+
     def _tool_call_delta(self, position: int, call: ToolCall, events: list[Event]) -> None:
-        key = call.index if call.index is not None else position
+        key = self._tool_call_key(position, call)
         function = call.function
         fragment = function.arguments if function else None
         if key != self._open_tool_key:
@@ -200,13 +221,18 @@ class StreamTranslator:
         if isinstance(fragment, dict):
             fragment = json_text(fragment)
         if fragment:
-            events.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
+            self._arguments(fragment, events)
+
+    def _arguments(self, fragment: str, events: list[Event]) -> None:
+        self._tool_fragments.append(fragment)
+        events.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
 
     def _open_tool(
         self, key: object, call_id: str | None, name: str | None, events: list[Event]
     ) -> None:
         self._has_tool_use = True
         self._seen_tool_keys.add(key)
+        self._close(events)  # first, so that a made-up id carries this block's own index
         tool_id = call_id or f"toolu_{self._message_id[4:]}_{self._blocks}"
         start = {"type": "tool_use", "id": tool_id, "name": name or "", "input": {}}
         self._open("tool_use", start, events)
@@ -227,17 +253,38 @@ class StreamTranslator:
         if self._open_kind == "thinking":
             signature = thinking_signature(self._message_id)
             events.append(self._delta({"type": "signature_delta", "signature": signature}))
+        elif self._open_kind == "tool_use":
+            self._close_arguments(events)
         events.append({"type": "content_block_stop", "index": self._blocks})
         self._blocks += 1
         self._open_kind = None
         self._open_tool_key = None
 
+    def _close_arguments(self, events: list[Event]) -> None:
+        """Arguments cut short (the backend's token limit) are closed into a JSON object, since
+        what was already sent cannot be taken back and clients parse the joined fragments."""
+        arguments = "".join(self._tool_fragments)
+        self._tool_fragments = []
+        if not arguments or is_json_object(arguments):
+            return
+        suffix = closing_suffix(arguments)
+        if suffix:
+            events.append(self._delta({"type": "input_json_delta", "partial_json": suffix}))
+        elif suffix is None:
+            log.warning("tool call arguments are not JSON and cannot be closed: %.200s", arguments)
+
     def _delta(self, delta: Event) -> Event:
         return {"type": "content_block_delta", "index": self._blocks, "delta": delta}
 
     def _stop_reason(self) -> tuple[str, str | None]:
+        # A limit hit inside a tool call is still max_tokens, as the real API reports it.
+        if self._finish_reason == "length":
+            return "max_tokens", None
         if self._has_tool_use:
             return "tool_use", None
+        if self._finish_reason == "tool_calls":
+            # mlx_lm.server says tool_calls even when it could not parse the call it dropped.
+            return "end_turn", None
         if self._stop_cutter.matched is not None:
             return "stop_sequence", self._stop_cutter.matched
         reason = STOP_REASONS.get(self._finish_reason, "end_turn")
@@ -285,3 +332,47 @@ def _apply_delta(
         block["signature"] = delta["signature"]
     elif kind == "input_json_delta":
         partial_json.setdefault(index, []).append(delta["partial_json"])
+
+
+def to_anthropic_message(
+    completion: ChatCompletion,
+    *,
+    model: str,
+    message_id: str,
+    stop_sequences: list[str] | None,
+) -> Event:
+    """A whole answer goes through the stream state machine as one chunk, so both modes order
+    blocks and read reasoning, tool calls and stop sequences identically."""
+    choice = completion.choices[0] if completion.choices else None
+    content = (choice.message.content or "") if choice else ""
+    translator = StreamTranslator(
+        model=model,
+        message_id=message_id,
+        estimated_input_tokens=0,
+        stop_sequences=stop_sequences,
+        starts_in_reasoning=opened_by_prompt(content),
+    )
+    events = translator.start()
+    events += translator.feed(
+        ChatCompletionChunk(choices=_as_chunk_choices(choice), usage=completion.usage)
+    )
+    return assemble_message(events + translator.finish())
+
+
+def _as_chunk_choices(choice: Choice | None) -> list[ChunkChoice]:
+    if choice is None:
+        return []
+    message = choice.message
+    calls = [
+        ToolCall(id=call.id, function=call.function, index=position)
+        for position, call in enumerate(message.tool_calls or [])
+    ]
+    delta = Delta(
+        content=message.content,
+        tool_calls=calls or None,
+        reasoning_content=message.reasoning_content,
+        reasoning=message.reasoning,
+    )
+    return [
+        ChunkChoice(delta=delta, finish_reason=choice.finish_reason, stop_reason=choice.stop_reason)
+    ]

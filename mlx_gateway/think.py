@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["Kind", "Piece", "ThinkSplitter", "split_think"]
+__all__ = ["Kind", "Piece", "ThinkSplitter", "opened_by_prompt", "split_think"]
 
 Kind = Literal["thinking", "text"]
 Piece = tuple[Kind, str]
@@ -158,15 +158,19 @@ def _held_start(buf: str, pos: int, tags: tuple[str, ...]) -> int:
     return len(buf)
 
 
+def opened_by_prompt(text: str) -> bool:
+    """A whole reply with a ``</think>`` and no ``<think>`` before it started inside reasoning."""
+    close = text.find(CLOSE)
+    return close >= 0 and text.find(OPEN, 0, close) < 0
+
+
 def split_think(text: str) -> tuple[str, str]:
     """Whole-text split into ``(reasoning, answer)``.
 
     Seeing all of the text, it tells a reply that started inside a prompt-opened section
     (a ``</think>`` with no ``<think>`` before it) from one that did not.
     """
-    close = text.find(CLOSE)
-    opened_by_prompt = close >= 0 and text.find(OPEN, 0, close) < 0
-    splitter = ThinkSplitter(starts_in_reasoning=opened_by_prompt)
+    splitter = ThinkSplitter(starts_in_reasoning=opened_by_prompt(text))
     parts: dict[Kind, list[str]] = {"thinking": [], "text": []}
     for kind, piece in splitter.feed(text) + splitter.finish():
         parts[kind].append(piece)

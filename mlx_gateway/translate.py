@@ -1,5 +1,7 @@
-"""Pure translation: Anthropic Messages request -> OpenAI chat request, OpenAI completion ->
-Anthropic message. No I/O; every function takes what it needs and returns new data.
+"""Pure translation: Anthropic Messages request -> OpenAI chat request, and the small pieces of
+the answer's translation that both answer paths share (stop reasons, usage, tool arguments).
+The answer itself is translated in stream.py, one state machine for streams and whole answers.
+No I/O; every function takes what it needs and returns new data.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ import msgspec
 
 from mlx_gateway import anthropic as an
 from mlx_gateway.backends import BackendProfile
-from mlx_gateway.openai import ChatCompletion, FunctionCall, Usage
-from mlx_gateway.stops import resolve_stop_sequence
-from mlx_gateway.textcalls import extract_text_tool_calls
-from mlx_gateway.think import split_think
+from mlx_gateway.openai import Usage
 
 log = logging.getLogger("mlx_gateway.translate")
 
@@ -108,6 +107,8 @@ def _add_part(parts: _Parts, block: Any) -> None:
         parts.text(_document_text(block))
     elif isinstance(block, an.SearchResultBlock):
         parts.text("\n".join(item.text for item in block.content))
+    elif isinstance(block, an.ToolReferenceBlock):
+        parts.text(f"Tool loaded: {block.tool_name}")
 
 
 def _tool_result_message(block: an.ToolResultBlock, images: _Parts) -> Json:
@@ -202,10 +203,28 @@ def _strip_schema(schema: Any, keys: tuple[str, ...]) -> Any:
     return schema
 
 
-def is_forwardable_tool(tool: an.Tool) -> bool:
+def loaded_tool_names(messages: list[an.Message]) -> set[str]:
+    """Deferred tools that a tool search has loaded (its results name them in tool_reference
+    blocks) are offered to the model from then on, as the real API does."""
+    names: set[str] = set()
+    for message in messages:
+        if isinstance(message.content, str):
+            continue
+        for block in message.content:
+            if isinstance(block, an.ToolResultBlock) and isinstance(block.content, list):
+                names.update(
+                    part.tool_name
+                    for part in block.content
+                    if isinstance(part, an.ToolReferenceBlock)
+                )
+    return names
+
+
+def is_forwardable_tool(tool: an.Tool, loaded: set[str]) -> bool:
     """Server tools (web_search, code execution...) run at Anthropic, not on a local model;
-    deferred tools are placeholders the client loads later."""
-    if tool.type not in (None, "custom") or tool.defer_loading:
+    deferred tools stay hidden until a tool search loads them."""
+    deferred = tool.defer_loading and tool.name not in loaded
+    if tool.type not in (None, "custom") or deferred:
         log.debug(
             "dropping tool %s (type=%s, deferred=%s)", tool.name, tool.type, tool.defer_loading
         )
@@ -213,10 +232,12 @@ def is_forwardable_tool(tool: an.Tool) -> bool:
     return True
 
 
-def to_openai_tools(tools: list[an.Tool], profile: BackendProfile) -> list[Json]:
+def to_openai_tools(
+    tools: list[an.Tool], profile: BackendProfile, loaded: set[str] | None = None
+) -> list[Json]:
     converted = []
     for tool in tools:
-        if not is_forwardable_tool(tool):
+        if not is_forwardable_tool(tool, loaded or set()):
             continue
         schema = tool.input_schema or {"type": "object", "properties": {}}
         function: Json = {
@@ -283,7 +304,9 @@ def _copy_sampling(request: an.MessagesRequest, body: Json, profile: BackendProf
 
 
 def _copy_tools(request: an.MessagesRequest, body: Json, profile: BackendProfile) -> None:
-    tools = to_openai_tools(request.tools or [], profile)
+    if not request.tools:
+        return
+    tools = to_openai_tools(request.tools, profile, loaded_tool_names(request.messages))
     if not tools:
         return
     body["tools"] = tools
@@ -340,77 +363,6 @@ def usage_to_anthropic(
     ):
         result["cache_read_input_tokens"] = cached
     return result
-
-
-def tool_use_block(call_id: str | None, function: FunctionCall | None, fallback_id: str) -> Json:
-    name = function.name if function else None
-    arguments = function.arguments if function else None
-    return {
-        "type": "tool_use",
-        "id": normalise_tool_id(call_id, fallback_id),
-        "name": name or "",
-        "input": parse_tool_arguments(arguments),
-    }
-
-
-def normalise_tool_id(call_id: str | None, fallback_id: str) -> str:
-    """Anthropic ids look like `toolu_...`; mlx_lm.server sends bare UUIDs, some servers none.
-    Ids are kept as they are when present, so tool_result ids match what the backend sent."""
-    return call_id or fallback_id
-
-
-def stop_reason_for(finish_reason: str | None, has_tool_use: bool) -> str:
-    if has_tool_use:
-        return "tool_use"
-    return STOP_REASONS.get(finish_reason, "end_turn")
-
-
-def to_anthropic_message(
-    completion: ChatCompletion,
-    *,
-    model: str,
-    message_id: str,
-    stop_sequences: list[str] | None,
-) -> Json:
-    choice = completion.choices[0] if completion.choices else None
-    message = choice.message if choice else None
-    content = message.content if message else None
-    reasoning = (message.reasoning_content or message.reasoning or "") if message else ""
-    inline_reasoning, text = split_think(content or "")
-    reasoning = reasoning + inline_reasoning
-    text, text_calls = extract_text_tool_calls(text)
-    blocks: list[Json] = []
-    if reasoning:
-        blocks.append(
-            {"type": "thinking", "thinking": reasoning, "signature": thinking_signature(message_id)}
-        )
-    if text:
-        blocks.append({"type": "text", "text": text})
-    calls = (message.tool_calls or []) if message else []
-    for position, call in enumerate(calls):
-        blocks.append(tool_use_block(call.id, call.function, f"toolu_{message_id[4:]}_{position}"))
-    for position, (name, arguments) in enumerate(text_calls, start=len(calls)):
-        function = FunctionCall(name=name, arguments=arguments)
-        blocks.append(tool_use_block(None, function, f"toolu_{message_id[4:]}_{position}"))
-    finish_reason = choice.finish_reason if choice else None
-    has_tool_use = bool(calls or text_calls)
-    stop_reason = stop_reason_for(finish_reason, has_tool_use)
-    matched = None
-    if stop_reason == "end_turn" and stop_sequences:
-        backend_stop = choice.stop_reason if choice else None
-        matched = resolve_stop_sequence(stop_sequences, finish_reason, backend_stop, text)
-        if matched is not None:
-            stop_reason = "stop_sequence"
-    return {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": blocks,
-        "stop_reason": stop_reason,
-        "stop_sequence": matched,
-        "usage": usage_to_anthropic(completion.usage),
-    }
 
 
 def thinking_signature(message_id: str) -> str:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, contextmanager
 import aiohttp
 
 from mlx_gateway.backends import BackendProfile
+from mlx_gateway.context import context_overflow_error
 from mlx_gateway.errors import (
     BackendFailed,
     BackendRejected,
@@ -28,6 +29,9 @@ _MAX_ERROR_BODY = 2000
 def backend_status_error(status: int, body: bytes, profile: BackendProfile) -> GatewayError:
     """A non-2xx answer as the error the client sees (see errors.py for why 4xx -> 400)."""
     message = error_message_from_body(body)
+    overflow = context_overflow_error(message, body)
+    if overflow is not None:
+        return overflow
     if any(marker in message for marker in profile.image_refusal_markers):
         return InvalidRequest(f"the model does not accept images (backend said: {message})")
     if status >= 500:
@@ -94,6 +98,17 @@ class Upstream:
                 if response.status >= 400:
                     raise backend_status_error(response.status, body, self.profile)
                 return body
+
+    async def post_json_bytes(self, path: str, body: bytes) -> bytes:
+        """A JSON POST to one of the server's own endpoints (tokenize, model info)."""
+        with mapped_transport_errors(self.timeout):
+            async with self.session.post(
+                self.base_url + path, data=body, headers=_JSON_HEADERS
+            ) as response:
+                answer = await response.read()
+                if response.status >= 400:
+                    raise backend_status_error(response.status, answer, self.profile)
+                return answer
 
     async def complete(self, body: bytes) -> bytes:
         with mapped_transport_errors(self.timeout):

@@ -4,6 +4,7 @@ Anthropic message. Requests go through the real decoder, completions through the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,10 @@ import pytest
 from mlx_gateway.anthropic import MessagesRequest, decode_messages_request
 from mlx_gateway.backends import PROFILES, BackendProfile
 from mlx_gateway.openai import decode_completion
+from mlx_gateway.stream import to_anthropic_message
 from mlx_gateway.translate import (
     RAW_ARGUMENTS_KEY,
     parse_tool_arguments,
-    to_anthropic_message,
     to_openai_messages,
     to_openai_request,
     usage_to_anthropic,
@@ -28,6 +29,9 @@ OLLAMA = PROFILES["ollama"]
 MSG_ID = "msg_0123456789abcdef"
 BILLING = "x-anthropic-billing-header: cc_version=1.0.51.abc; cc_entrypoint=cli; cch=8f2e1;"
 PNG = "iVBORw0KGgo="
+CLAUDE_CODE_REQUEST = (
+    Path(__file__).resolve().parents[1] / "e2e" / "fixtures" / "claude_code_request.json"
+)
 
 
 def request(**fields: Any) -> MessagesRequest:
@@ -234,7 +238,9 @@ def test_assistant_tool_use_becomes_tool_calls_with_ids_kept() -> None:
         assistant([
             text("Reading."),
             tool_use("toolu_01A", "read", {"path": "a.py"}),
-            tool_use("3f2c9a1e-uuid", "read", {"path": "b.py", "lines": [1, 2], "deep": {"x": None}}),
+            tool_use(
+                "3f2c9a1e-uuid", "read", {"path": "b.py", "lines": [1, 2], "deep": {"x": None}}
+            ),
         ]),
     ]
     [_, message] = convert(messages)
@@ -404,6 +410,39 @@ def test_a_whole_agent_turn_keeps_the_conversation_order() -> None:
     assert out[4] == user("hurry")
     assert out[6] == tool_msg("t2", "done")
     assert "plan" not in json.dumps(out)
+
+
+def test_tool_reference_result_names_the_loaded_tool() -> None:
+    """ToolSearch results hold `tool_reference` blocks; the backend gets a tool message that
+    says which tool was loaded (the block itself has no OpenAI counterpart)."""
+    messages = [
+        user("open an issue"),
+        assistant([tool_use("t1", "ToolSearch", {"query": "select:create_issue"})]),
+        user([tool_result("t1", [{"type": "tool_reference", "tool_name": "create_issue"}])]),
+    ]
+    out = convert(messages)
+    assert out[2]["role"] == "tool"
+    assert out[2]["tool_call_id"] == "t1"
+    assert "create_issue" in out[2]["content"]
+
+
+def test_the_real_claude_code_request() -> None:
+    decoded = decode_messages_request(CLAUDE_CODE_REQUEST.read_bytes())
+    body = to_openai_request(decoded, model="local/model", profile=MLX, stream=True)
+    messages = body["messages"]
+    assert messages[0]["role"] == "system"
+    assert "x-anthropic-billing-header" not in json.dumps(messages)
+    assert all(m.get("content") is not None for m in messages)
+    called = [c["id"] for m in messages for c in m.get("tool_calls", [])]
+    answered = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    assert called == answered
+    assert answered
+    names = [tool["function"]["name"] for tool in body["tools"]]
+    assert "DeferredToolPlaceholder" not in names
+    assert "Bash" in names
+    assert body["chat_template_kwargs"] == {"enable_thinking": True}
+    assert body["stream_options"] == {"include_usage": True}
+    assert any(m["content"].startswith("[tool error] ") for m in messages if m["role"] == "tool")
 
 
 # ---- the request body ------------------------------------------------------------------------
@@ -646,7 +685,7 @@ THINKING_SWITCH_CASES: list[tuple[str, str, Json | None, Json | None]] = [
     ids=[case[0] for case in THINKING_SWITCH_CASES],
 )
 def test_thinking_switch(profile: str, thinking_config: Json | None, expected: Json | None) -> None:
-    fields = {} if thinking_config is None else {"thinking": thinking_config}
+    fields: Json = {} if thinking_config is None else {"thinking": thinking_config}
     body = body_of(PROFILES[profile], **fields)
     assert body.get("chat_template_kwargs") == expected
 
@@ -750,7 +789,6 @@ def test_tool_calls_give_tool_use_whatever_the_finish_reason(finish_reason: str 
 
 
 USAGE_CASES: list[tuple[str, Json | None, Json]] = [
-    ("missing", None, {"input_tokens": 0, "output_tokens": 0}),
     ("plain", USAGE, {"input_tokens": 12, "output_tokens": 3}),
     (
         "cached tokens counted apart",
@@ -788,6 +826,12 @@ def test_usage(usage: Json | None, expected: Json) -> None:
     if usage is not None:
         got = message["usage"]
         assert got["input_tokens"] + got.get("cache_read_input_tokens", 0) == usage["prompt_tokens"]
+
+
+def test_usage_missing_is_estimated_not_a_crash() -> None:
+    usage = translate(completion({"content": "x"}))["usage"]
+    assert set(usage) == {"input_tokens", "output_tokens"}
+    assert all(isinstance(v, int) and v >= 0 for v in usage.values())
 
 
 def test_usage_estimates_when_the_backend_sends_none() -> None:
@@ -963,3 +1007,36 @@ def test_stop_sequence(
 def test_stop_sequence_left_in_the_text_is_recognised() -> None:
     message = translate(completion({"content": "answer###"}), stop_sequences=["###"])
     assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "###")
+    assert message["content"] == [{"type": "text", "text": "answer"}]
+
+
+def test_deferred_tools_are_offered_once_a_tool_search_loaded_them() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "tools": [
+            {"name": "ToolSearch", "input_schema": {"type": "object"}},
+            {"name": "create_issue", "defer_loading": True, "input_schema": {"type": "object"}},
+            {"name": "close_issue", "defer_loading": True, "input_schema": {"type": "object"}},
+        ],
+        "messages": [
+            {"role": "user", "content": "open an issue"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "ToolSearch", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "tool_reference", "tool_name": "create_issue"}],
+                    }
+                ],
+            },
+        ],
+    }
+    request = decode_messages_request(json.dumps(body).encode())
+    sent = to_openai_request(request, model="m", profile=MLX, stream=False)
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["ToolSearch", "create_issue"]
