@@ -181,17 +181,9 @@ def _alias_reasoning(message: Json) -> Json:
     return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
-def _tojson(
-    value: Any,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    # transformers replaces jinja's filter, which escapes HTML and takes fewer options.
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
+def _tojson(value: Any, ensure_ascii: bool = False, **options: Any) -> str:
+    # transformers' own filter: jinja's escapes HTML and knows no indent/separators/sort_keys.
+    return json.dumps(value, ensure_ascii=ensure_ascii, **options)
 
 
 def _raise_exception(message: str) -> None:

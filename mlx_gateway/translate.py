@@ -127,9 +127,11 @@ def _tool_result_message(block: an.ToolResultBlock, images: _Parts) -> Json:
     return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
 
 
-def _user_messages(blocks: list[an.ContentBlock]) -> list[Json]:
-    """Tool results first (OpenAI wants them right after the assistant's calls), then one user
-    message with the images the tool results carried and the user's own text and images."""
+def _user_messages(blocks: list[an.ContentBlock], call_order: dict[str, int]) -> list[Json]:
+    """Tool results first (OpenAI wants them right after the assistant's calls), in the order of
+    the calls: clients list parallel results as they finished, and chat templates that render
+    results without their ids let the model match them by position. Then one user message with
+    the images the tool results carried and the user's own text and images."""
     tool_messages: list[Json] = []
     parts = _Parts()
     for block in blocks:
@@ -137,6 +139,8 @@ def _user_messages(blocks: list[an.ContentBlock]) -> list[Json]:
             tool_messages.append(_tool_result_message(block, parts))
         else:
             _add_part(parts, block)
+    unknown = len(call_order)
+    tool_messages.sort(key=lambda message: call_order.get(message["tool_call_id"], unknown))
     if parts:
         tool_messages.append({"role": "user", "content": parts.content()})
     return tool_messages
@@ -179,15 +183,19 @@ def to_openai_messages(
     head = system_text(system)
     if head:
         converted.append({"role": "system", "content": head})
+    call_order: dict[str, int] = {}
     for message in messages:
         content = message.content
         if message.role == "assistant":
             blocks: list[an.ContentBlock] = (
                 [an.TextBlock(text=content)] if isinstance(content, str) else content
             )
-            converted.append(_assistant_message(blocks, profile))
+            assistant = _assistant_message(blocks, profile)
+            calls = assistant.get("tool_calls", [])
+            call_order = {call["id"]: position for position, call in enumerate(calls)}
+            converted.append(assistant)
         elif message.role == "user" and not isinstance(content, str):
-            converted.extend(_user_messages(content))
+            converted.extend(_user_messages(content, call_order))
         else:
             converted.append({"role": message.role, "content": _flatten(content)})
     return converted

@@ -1040,3 +1040,35 @@ def test_deferred_tools_are_offered_once_a_tool_search_loaded_them() -> None:
     request = decode_messages_request(json.dumps(body).encode())
     sent = to_openai_request(request, model="m", profile=MLX, stream=False)
     assert [tool["function"]["name"] for tool in sent["tools"]] == ["ToolSearch", "create_issue"]
+
+
+def test_parallel_results_follow_the_order_of_the_calls() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "run both"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "slow", "name": "Bash", "input": {}},
+                    {"type": "tool_use", "id": "fast", "name": "Bash", "input": {}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "fast", "content": "fast output"},
+                    {"type": "tool_result", "tool_use_id": "slow", "content": "slow output"},
+                    {"type": "text", "text": "and then?"},
+                ],
+            },
+        ],
+    }
+    request = decode_messages_request(json.dumps(body).encode())
+    sent = to_openai_request(request, model="m", profile=MLX, stream=False)["messages"]
+    assert [(m["role"], m.get("tool_call_id")) for m in sent[2:]] == [
+        ("tool", "slow"),
+        ("tool", "fast"),
+        ("user", None),
+    ]

@@ -1,0 +1,1 @@
+"""The mlx-gateway benchmark: `python -m bench` (see bench/README.md)."""
