@@ -13,7 +13,7 @@ Only an exact count refuses: an estimate only lowers the limit, and the backend 
 its own overflow errors get the same wording (`context_overflow_error`, used by upstream.py).
 
 `PromptContext` holds the per-model state and makes the calls through the backend client; the
-rest of this module, like tokens.py, does no I/O.
+rest of this module, like tokens.py and localmodel.py, does no I/O.
 """
 
 from __future__ import annotations
@@ -33,19 +33,21 @@ import msgspec
 
 from mlx_gateway.backends import BackendProfile
 from mlx_gateway.errors import GatewayError, PromptTooLong
+from mlx_gateway.localmodel import (
+    LocalTokenizer,
+    build_local_tokenizer,
+    find_model_folder,
+    read_model_files,
+)
 from mlx_gateway.tokens import (
     Json,
-    LocalTokenizer,
     TokenCount,
     apply_template_body,
-    build_local_tokenizer,
     chat_tokenize_body,
     count_from_tokenize_answer,
     estimate_tokens,
-    find_model_folder,
     prompt_from_template_answer,
     prompt_part,
-    read_model_files,
     text_tokenize_body,
 )
 

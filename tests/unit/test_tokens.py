@@ -18,30 +18,32 @@ from hypothesis import strategies as st
 
 from mlx_gateway import anthropic as an
 from mlx_gateway.backends import PROFILES
-from mlx_gateway.tokens import (
+from mlx_gateway.localmodel import (
     ChatTemplate,
     LocalTokenizer,
     ModelFiles,
     PieceCounts,
-    apply_template_body,
     boundary_tokens,
     build_local_tokenizer,
-    chat_tokenize_body,
     compile_template,
-    count_from_tokenize_answer,
-    count_request,
-    estimate_tokens,
     find_model_folder,
     hub_cache,
-    plain_text,
-    prompt_from_template_answer,
-    prompt_part,
     read_model_files,
     special_token_variables,
     template_messages,
     template_sources,
-    text_tokenize_body,
     thinks_by_default,
+)
+from mlx_gateway.tokens import (
+    apply_template_body,
+    chat_tokenize_body,
+    count_from_tokenize_answer,
+    count_request,
+    estimate_tokens,
+    plain_text,
+    prompt_from_template_answer,
+    prompt_part,
+    text_tokenize_body,
 )
 from mlx_gateway.translate import to_openai_request
 from tests.support.tiny_model import build_tiny_model
