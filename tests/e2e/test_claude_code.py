@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,6 @@ from tests.support.agent_script import (
 from tests.support.anthropic_stream import StreamFailed, accumulate, parse_sse
 from tests.support.claude_code import (
     ClaudeResult,
-    cached_claude_code,
     ensure_claude_code,
     run_claude,
 )
@@ -54,8 +52,7 @@ MESSAGES_PATH = "/v1/messages"
 
 @pytest.fixture(scope="module")
 def claude_code() -> Path:
-    if cached_claude_code() is None and shutil.which("npm") is None:
-        pytest.skip("Claude Code is not cached and npm is not on PATH")
+    """Installs the pinned Claude Code if needed; fails loudly when it cannot."""
     return ensure_claude_code()
 
 
