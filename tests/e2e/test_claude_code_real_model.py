@@ -4,9 +4,11 @@ The tiny model writes gibberish, so the point is the protocol: Claude Code's rea
 system prompt, tools, thinking and all) is translated, the real server answers, and the session
 ends without an API error. Seeing tools in its prompt, the tiny model calls `get_weather`, which
 Claude Code does not have: Claude Code answers with an error tool result, the model then answers
-in text, and the session ends normally, a real tool round trip. The tiny model's window (4096 tokens) is far smaller than Claude Code's
-prompt, so the gateway is told a larger window (the server itself enforces none); the real
-window is exercised by the count_tokens and context tests.
+in text, and the session ends normally, a real tool round trip.
+
+The tiny model's window (4096 tokens) is far smaller than Claude Code's prompt, so the gateway is
+told a larger window (the server itself enforces none); the real window is exercised by the
+count_tokens and context tests.
 """
 
 from __future__ import annotations
