@@ -4,6 +4,9 @@ Decoding and validation happen in one pass with msgspec. Unknown fields are igno
 API ignores what a newer client may add; unknown content block kinds are refused with the field
 named, as the real API does. Block kinds the gateway cannot forward (documents, server tool results)
 are still accepted so that a conversation that once contained them keeps working.
+
+Structs are declared with `gc=False`: decoded from JSON they form trees, never cycles, so the
+cyclic collector need not track the thousands a long conversation makes.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import msgspec
 from mlx_gateway.errors import InvalidRequest
 
 
-class CacheControlled(msgspec.Struct, tag_field="type", omit_defaults=True):
+class CacheControlled(msgspec.Struct, tag_field="type", omit_defaults=True, gc=False):
     cache_control: dict[str, Any] | None = None
 
 
@@ -24,7 +27,7 @@ class TextBlock(CacheControlled, tag="text"):
     text: str = ""
 
 
-class ImageSource(msgspec.Struct):
+class ImageSource(msgspec.Struct, gc=False):
     type: str
     media_type: str | None = None
     data: str | None = None
@@ -106,12 +109,12 @@ ContentBlock = (
 )
 
 
-class Message(msgspec.Struct):
+class Message(msgspec.Struct, gc=False):
     role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
-class Tool(msgspec.Struct):
+class Tool(msgspec.Struct, gc=False):
     name: str
     type: str | None = None
     description: str | None = None
@@ -119,22 +122,22 @@ class Tool(msgspec.Struct):
     defer_loading: bool = False
 
 
-class ToolChoice(msgspec.Struct):
+class ToolChoice(msgspec.Struct, gc=False):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool = False
 
 
-class ThinkingConfig(msgspec.Struct):
+class ThinkingConfig(msgspec.Struct, gc=False):
     type: str
     budget_tokens: int | None = None
 
 
-class Metadata(msgspec.Struct):
+class Metadata(msgspec.Struct, gc=False):
     user_id: str | None = None
 
 
-class MessagesRequest(msgspec.Struct):
+class MessagesRequest(msgspec.Struct, gc=False):
     model: str
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     max_tokens: Annotated[int, msgspec.Meta(ge=1)]
@@ -150,7 +153,7 @@ class MessagesRequest(msgspec.Struct):
     thinking: ThinkingConfig | None = None
 
 
-class CountTokensRequest(msgspec.Struct):
+class CountTokensRequest(msgspec.Struct, gc=False):
     """Same shape as MessagesRequest, minus `max_tokens`, which count_tokens does not take."""
 
     model: str
@@ -189,7 +192,7 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(describe_validation_error(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 in a string: the latter
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 

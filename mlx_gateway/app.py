@@ -25,7 +25,7 @@ from mlx_gateway.errors import (
     openai_error_body,
 )
 from mlx_gateway.models import ModelRouter
-from mlx_gateway.openai import decode_chat_request, decode_chunk, decode_completion
+from mlx_gateway.openai import decode_chunk, decode_completion, raw_json, read_chat_request
 from mlx_gateway.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_event
 from mlx_gateway.stream import (
     PING,
@@ -41,6 +41,7 @@ from mlx_gateway.upstream import Upstream
 log = logging.getLogger("mlx_gateway")
 
 _json = msgspec.json.Encoder()
+_json_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 JSON_TYPE = "application/json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,6 +54,7 @@ class Gateway:
         self.config = config
         self.profile = resolve_profile(config.backend, config.backend_base_url)
         self.router = ModelRouter(config.mlx_model, config.model_map)
+        self.message_ids = MessageIds()
         self.upstream = Upstream(
             config.backend_base_url, self.profile, config.timeout, config.total_timeout
         )
@@ -84,7 +86,7 @@ class Gateway:
         if upstream_stream:
             translator = StreamTranslator(
                 model=model,
-                message_id=new_message_id(),
+                message_id=self.message_ids.new(),
                 estimated_input_tokens=(
                     prompt.tokens if prompt else estimate_tokens(request.content_length or 0)
                 ),
@@ -97,7 +99,7 @@ class Gateway:
         message = to_anthropic_message(
             decode_completion(answer),
             model=model,
-            message_id=new_message_id(),
+            message_id=self.message_ids.new(),
             stop_sequences=parsed.stop_sequences,
         )
         return json_response(message)
@@ -113,12 +115,14 @@ class Gateway:
     # ---- OpenAI -------------------------------------------------------------------------------
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        payload = decode_chat_request(await request.read())
-        payload["model"] = self.router.resolve(str(payload.get("model", "")))
-        if payload.get("stream_options") == {}:
+        chat = read_chat_request(await request.read())
+        payload = chat.fields  # raw JSON values, sent on as they came
+        payload["model"] = raw_json(self.router.resolve(chat.model))
+        options = payload.get("stream_options")
+        if options is not None and _json_decoder.decode(options) == {}:
             # mlx_lm.server's stream crashes on an empty stream_options object.
             del payload["stream_options"]
-        if payload.get("stream"):
+        if chat.stream:
             return await self._stream_openai(request, _json.encode(payload))
         answer = await self.upstream.complete(_json.encode(payload))
         return web.Response(body=answer, content_type=JSON_TYPE)
@@ -219,7 +223,8 @@ class EventWriter:
     async def send(self, events: list[Event]) -> None:
         if not events:
             return
-        buffer = b"".join(encode_event(event["type"], _json.encode(event)) for event in events)
+        encode = _json.encode
+        buffer = b"".join([encode_event(event["type"], encode(event)) for event in events])
         self._last_write = self._loop.time()
         await self._response.write(buffer)
 
@@ -265,8 +270,19 @@ def estimate_tokens(byte_count: int) -> int:
     return max(byte_count // 4, 1)
 
 
-def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+class MessageIds:
+    """`msg_` and 24 hex digits: 16 drawn once per gateway from the system's entropy, then a
+    count. Ids must be unique, not secret, and this costs no system call per message."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = "msg_" + secrets.token_hex(8)
+        self._count = 0
+
+    def new(self) -> str:
+        self._count += 1
+        return f"{self._prefix}{self._count & 0xFFFFFFFF:08x}"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

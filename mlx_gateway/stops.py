@@ -44,6 +44,9 @@ from __future__ import annotations
 __all__ = ["StopSequenceCutter", "StopSequenceWatcher", "resolve_stop_sequence"]
 
 
+_EMPTY: frozenset[str] = frozenset()
+
+
 def _clean(stop_sequences: list[str]) -> tuple[str, ...]:
     # An empty stop sequence would match everywhere; servers ignore it, so do we.
     return tuple(dict.fromkeys(s for s in stop_sequences if s))
@@ -97,7 +100,7 @@ def resolve_stop_sequence(
     output (``StopSequenceWatcher.tail``), which names the match only when the backend kept
     the stop text. See the module docstring for why None is often the only honest answer.
     """
-    if finish_reason != "stop":
+    if finish_reason != "stop" or not stop_sequences:
         return None
     sequences = _clean(stop_sequences)
     if isinstance(backend_stop_reason, str) and backend_stop_reason in sequences:
@@ -114,15 +117,24 @@ class StopSequenceCutter:
     __slots__ = ("_held", "_longest", "_matched", "_prefixes", "_sequences")
 
     def __init__(self, stop_sequences: list[str]) -> None:
-        self._sequences = _clean(stop_sequences)
-        self._prefixes = frozenset(s[:i] for s in self._sequences for i in range(1, len(s)))
-        self._longest = max((len(s) for s in self._sequences), default=0)
+        # Built on every answer, nearly always without sequences: that case costs nothing.
+        sequences = _clean(stop_sequences) if stop_sequences else ()
+        self._sequences = sequences
+        self._prefixes = (
+            frozenset(s[:i] for s in sequences for i in range(1, len(s))) if sequences else _EMPTY
+        )
+        self._longest = max(map(len, sequences)) if sequences else 0
         self._held = ""
         self._matched: str | None = None
 
     @property
     def matched(self) -> str | None:
         return self._matched
+
+    @property
+    def watching(self) -> bool:
+        """Whether any text may still be held back or cut (there are sequences to look for)."""
+        return bool(self._sequences)
 
     def feed(self, text: str) -> tuple[str, str | None]:
         if self._matched is not None:

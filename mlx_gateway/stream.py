@@ -26,15 +26,16 @@ from mlx_gateway.openai import (
     Choice,
     ChunkChoice,
     Delta,
+    ResponseMessage,
     ToolCall,
     Usage,
 )
 from mlx_gateway.partialjson import closing_suffix, is_json_object
-from mlx_gateway.stops import StopSequenceCutter, resolve_stop_sequence
+from mlx_gateway.stops import StopSequenceCutter
 from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
 from mlx_gateway.think import ThinkSplitter, opened_by_prompt
 from mlx_gateway.translate import (
-    STOP_REASONS,
+    anthropic_stop_reason,
     json_text,
     parse_tool_arguments,
     thinking_signature,
@@ -58,6 +59,7 @@ class StreamTranslator:
         "_open_kind",
         "_open_tool_key",
         "_output_pieces",
+        "_plain",
         "_seen_tool_keys",
         "_splitter",
         "_stop_cutter",
@@ -94,6 +96,8 @@ class StreamTranslator:
         self._usage: Usage | None = None
         self._output_pieces = 0
         self._tool_fragments: list[str] = []
+        # Whether plain text may skip the layers (see _passes_text); only they change it.
+        self._plain = False
 
     # ---- driving ------------------------------------------------------------------------------
 
@@ -114,20 +118,27 @@ class StreamTranslator:
         events: list[Event] = []
         if chunk.usage is not None:
             self._usage = chunk.usage
-        for choice in chunk.choices[:1]:
-            delta = choice.delta
-            reasoning = delta.reasoning_content or delta.reasoning
-            if reasoning:
-                self._thinking(reasoning, events)
-            if delta.content and not self.stopped:
-                self._output_pieces += 1
-                self._content(self._stop_cutter.feed(delta.content)[0], events)
-            if delta.tool_calls:
-                for position, call in enumerate(delta.tool_calls):
-                    self._tool_call_delta(position, call, events)
-            if choice.finish_reason is not None:
-                self._finish_reason = choice.finish_reason
-                self._vllm_stop = choice.stop_reason
+        if not chunk.choices:
+            return events
+        choice = chunk.choices[0]
+        delta = choice.delta
+        reasoning = delta.reasoning_content or delta.reasoning
+        if reasoning:
+            self._thinking(reasoning, events)
+        content = delta.content
+        if content and self._stop_cutter.matched is None:
+            self._output_pieces += 1
+            if self._plain and "<" not in content:
+                self._text(content, events)  # what the layers below would do, at a tenth the cost
+            else:
+                self._content(self._stop_cutter.feed(content)[0], events)
+                self._plain = self._passes_text()
+        if delta.tool_calls:
+            for position, call in enumerate(delta.tool_calls):
+                self._tool_call_delta(position, call, events)
+        if choice.finish_reason is not None:
+            self._finish_reason = choice.finish_reason
+            self._vllm_stop = choice.stop_reason
         return events
 
     @property
@@ -158,6 +169,16 @@ class StreamTranslator:
         return [{"type": "error", "error": body}]
 
     # ---- content routing ----------------------------------------------------------------------
+
+    def _passes_text(self) -> bool:
+        """Whether text without ``<`` would come through every layer unchanged: no stop
+        sequence to watch, and neither a ``<think>`` nor a ``<tool_call>`` tag in progress.
+        Most chunks of most answers are such text, so they skip the layers."""
+        return (
+            not self._stop_cutter.watching
+            and self._splitter.passes_text
+            and self._text_calls.passes_text
+        )
 
     def _content(self, text: str, events: list[Event]) -> None:
         if text:
@@ -277,24 +298,13 @@ class StreamTranslator:
         return {"type": "content_block_delta", "index": self._blocks, "delta": delta}
 
     def _stop_reason(self) -> tuple[str, str | None]:
-        # A limit hit inside a tool call is still max_tokens, as the real API reports it.
-        if self._finish_reason == "length":
-            return "max_tokens", None
-        if self._has_tool_use:
-            return "tool_use", None
-        if self._finish_reason == "tool_calls":
-            # mlx_lm.server says tool_calls even when it could not parse the call it dropped.
-            return "end_turn", None
-        if self._stop_cutter.matched is not None:
-            return "stop_sequence", self._stop_cutter.matched
-        reason = STOP_REASONS.get(self._finish_reason, "end_turn")
-        if reason == "end_turn":
-            matched = resolve_stop_sequence(
-                self._stop_sequences, self._finish_reason, self._vllm_stop, ""
-            )
-            if matched is not None:
-                return "stop_sequence", matched
-        return reason, None
+        return anthropic_stop_reason(
+            self._finish_reason,
+            tool_use=self._has_tool_use,
+            matched=self._stop_cutter.matched,
+            stop_sequences=self._stop_sequences,
+            backend_stop=self._vllm_stop,
+        )
 
 
 def assemble_message(events: list[Event]) -> Event:
@@ -342,8 +352,11 @@ def to_anthropic_message(
     stop_sequences: list[str] | None,
 ) -> Event:
     """A whole answer goes through the stream state machine as one chunk, so both modes order
-    blocks and read reasoning, tool calls and stop sequences identically."""
+    blocks and read reasoning, tool calls and stop sequences identically. Plain text, the most
+    common answer, has none of those and is written directly (tests/unit prove it the same)."""
     choice = completion.choices[0] if completion.choices else None
+    if choice is not None and not stop_sequences and is_plain_text(choice.message):
+        return _text_message(choice, completion.usage, model=model, message_id=message_id)
     content = (choice.message.content or "") if choice else ""
     translator = StreamTranslator(
         model=model,
@@ -357,6 +370,28 @@ def to_anthropic_message(
         ChatCompletionChunk(choices=_as_chunk_choices(choice), usage=completion.usage)
     )
     return assemble_message(events + translator.finish())
+
+
+def is_plain_text(message: ResponseMessage) -> bool:
+    """No reasoning, no tool call and no tag: the state machine would pass the text through."""
+    if message.tool_calls or message.reasoning_content or message.reasoning:
+        return False
+    return "<" not in (message.content or "")
+
+
+def _text_message(choice: Choice, usage: Usage | None, *, model: str, message_id: str) -> Event:
+    text = choice.message.content or ""
+    stop_reason, stop_sequence = anthropic_stop_reason(choice.finish_reason)
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}] if text else [],
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": usage_to_anthropic(usage, 0, 1 if text else 0),
+    }
 
 
 def _as_chunk_choices(choice: Choice | None) -> list[ChunkChoice]:

@@ -55,10 +55,19 @@ class ThinkSplitter:
         self._held = ""  # possible start of a tag
         self._ws = ""  # whitespace at the start of the reply, not yet assigned
 
+    @property
+    def passes_text(self) -> bool:
+        """Whether text without ``<`` goes out now, unchanged, as answer text."""
+        return self._started and not (self._reasoning or self._held or self._strip)
+
     def feed(self, text: str) -> list[Piece]:
         """Consume ``text``; return the pieces that are certain now."""
-        buf = self._held + text if self._held else text
         out: list[Piece] = []
+        if not self._held and "<" not in text:
+            # Every tag starts with "<": nothing to find and nothing to hold back.
+            self._emit(out, text)
+            return out
+        buf = self._held + text if self._held else text
         pos = 0
         while True:
             tags = self._tags()

@@ -14,6 +14,7 @@ import msgspec
 from mlx_gateway import anthropic as an
 from mlx_gateway.backends import BackendProfile
 from mlx_gateway.openai import Usage
+from mlx_gateway.stops import resolve_stop_sequence
 
 log = logging.getLogger("mlx_gateway.translate")
 
@@ -352,6 +353,34 @@ def _repair_json(text: str) -> Any:
         return repair_json(text, return_objects=True)
     except Exception:  # the repair library has no narrow error type; any failure means "keep raw"
         return None
+
+
+def anthropic_stop_reason(
+    finish_reason: str | None,
+    *,
+    tool_use: bool = False,
+    matched: str | None = None,
+    stop_sequences: list[str] | None = None,
+    backend_stop: str | int | None = None,
+) -> tuple[str, str | None]:
+    """`stop_reason` and `stop_sequence` of an answer: `tool_use` when it made a call, `matched`
+    when the gateway cut it at a stop sequence, `backend_stop` as vLLM reports it."""
+    # A limit hit inside a tool call is still max_tokens, as the real API reports it.
+    if finish_reason == "length":
+        return "max_tokens", None
+    if tool_use:
+        return "tool_use", None
+    if finish_reason == "tool_calls":
+        # mlx_lm.server says tool_calls even when it could not parse the call it dropped.
+        return "end_turn", None
+    if matched is not None:
+        return "stop_sequence", matched
+    reason = STOP_REASONS.get(finish_reason, "end_turn")
+    if reason == "end_turn" and stop_sequences:
+        sequence = resolve_stop_sequence(stop_sequences, finish_reason, backend_stop, "")
+        if sequence is not None:
+            return "stop_sequence", sequence
+    return reason, None
 
 
 def usage_to_anthropic(
