@@ -75,14 +75,8 @@ class Gateway:
         # Before any stream starts: a prompt that cannot fit is a 400, an answer limit that
         # would run past the window is lowered (nothing is counted while no window is known).
         max_tokens, prompt = await self.context.fit(model, payload, parsed.max_tokens)
-        if max_tokens != parsed.max_tokens:
-            payload = to_openai_request(
-                parsed,
-                model=model,
-                profile=self.profile,
-                stream=upstream_stream,
-                max_tokens=max_tokens,
-            )
+        payload["max_tokens"] = max_tokens
+        body = _json.encode(payload)
         if upstream_stream:
             translator = StreamTranslator(
                 model=model,
@@ -93,9 +87,9 @@ class Gateway:
                 stop_sequences=parsed.stop_sequences,
             )
             if parsed.stream:
-                return await self._stream_anthropic(request, _json.encode(payload), translator)
-            return json_response(await self._collect(_json.encode(payload), translator))
-        answer = await self.upstream.complete(_json.encode(payload))
+                return await self._stream_anthropic(request, body, translator)
+            return json_response(await self._collect(body, translator))
+        answer = await self.upstream.complete(body)
         message = to_anthropic_message(
             decode_completion(answer),
             model=model,
@@ -149,13 +143,8 @@ class Gateway:
         the text as it comes (stop sequences): generation ends as soon as one is seen."""
         async with self.upstream.stream(body) as pieces:
             events = translator.start()
-            decoder = SSEDecoder()
-            async for piece in pieces:
-                events += translate_sse(decoder.feed(piece), translator)
-                if translator.stopped:
-                    break
-            else:
-                events += translate_sse(decoder.flush(), translator)
+            async for batch in translated_batches(pieces, translator):
+                events += batch
         return assemble_message(events + translator.finish())
 
     async def _stream_openai(self, request: web.Request, body: bytes) -> web.StreamResponse:
@@ -242,17 +231,26 @@ async def relay_anthropic(
 ) -> list[Event]:
     """Feeds the backend's bytes through the decoder and the translator; returns the closing
     events (the normal end, or an error event when the backend broke after the 200)."""
-    decoder = SSEDecoder()
     try:
-        async for piece in pieces:
-            await writer.send(translate_sse(decoder.feed(piece), translator))
-            if translator.stopped:
-                return translator.finish()
-        await writer.send(translate_sse(decoder.flush(), translator))
+        async for batch in translated_batches(pieces, translator):
+            await writer.send(batch)
     except GatewayError as error:
         log.warning("backend stream failed: %s", error.message)
         return translator.fail(error)
     return translator.finish()
+
+
+async def translated_batches(
+    pieces: AsyncIterator[bytes], translator: StreamTranslator
+) -> AsyncIterator[list[Event]]:
+    """The events for each piece of backend bytes, in order; ends early once the translator saw
+    a stop sequence (leaving the caller's block then closes the backend request)."""
+    decoder = SSEDecoder()
+    async for piece in pieces:
+        yield translate_sse(decoder.feed(piece), translator)
+        if translator.stopped:
+            return
+    yield translate_sse(decoder.flush(), translator)
 
 
 def translate_sse(sse_events: list[SSEEvent], translator: StreamTranslator) -> list[Event]:
