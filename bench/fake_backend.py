@@ -59,6 +59,12 @@ class StreamFlag(msgspec.Struct):
 _STREAM_FLAG = msgspec.json.Decoder(StreamFlag)
 
 
+# Begins every token's text. It occurs nowhere else in either protocol's stream (JSON keys are
+# quoted, never preceded by a space), so a client counts tokens by it however a gateway groups
+# them into events.
+TOKEN_MARKER = b" tok"
+
+
 def _compact(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -116,10 +122,12 @@ def stream_writes(chunks: int, per_write: int) -> list[bytes]:
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
-    # The role chunk carries no "content" key, so a client can count tokens by that key alone.
     first = head + _chunk_frame(_sse(chunk({"role": "assistant"})))
     # Every token differs: LiteLLM ends a stream with an error after 100 identical chunks.
-    tokens = [_chunk_frame(_sse(chunk({"content": f" t{index}"}))) for index in range(chunks)]
+    tokens = [
+        _chunk_frame(_sse(chunk({"content": f"{TOKEN_MARKER.decode()}{index}"})))
+        for index in range(chunks)
+    ]
     usage = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from bench.fake_backend import TOKEN_MARKER
+
 
 @dataclass(frozen=True, slots=True)
 class StreamShape:
@@ -25,10 +27,10 @@ class StreamShape:
     end_marker: bytes
 
 
-# Markers leave out the quote before the key and any spaces, so they match compact JSON (the
-# gateway, the fake backend) and spaced JSON (Python's json.dumps, as some peers send).
-ANTHROPIC_STREAM = StreamShape(token_marker=b'text_delta"', end_marker=b'"message_stop"')
-OPENAI_STREAM = StreamShape(token_marker=b'"content"', end_marker=b"data: [DONE]")
+# Tokens are counted by their own text, not by events: a gateway may send several tokens that
+# arrived together as one delta, and what the client gets is the tokens.
+ANTHROPIC_STREAM = StreamShape(token_marker=TOKEN_MARKER, end_marker=b'"message_stop"')
+OPENAI_STREAM = StreamShape(token_marker=TOKEN_MARKER, end_marker=b"data: [DONE]")
 
 
 @dataclass(slots=True)

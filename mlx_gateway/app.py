@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -25,8 +25,15 @@ from mlx_gateway.errors import (
     openai_error_body,
 )
 from mlx_gateway.models import ModelRouter
-from mlx_gateway.openai import decode_chunk, decode_completion, raw_json, read_chat_request
-from mlx_gateway.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_event
+from mlx_gateway.openai import (
+    ChatCompletionChunk,
+    decode_chunk,
+    decode_chunk_array,
+    decode_completion,
+    raw_json,
+    read_chat_request,
+)
+from mlx_gateway.sse import DONE, DataRun, SSEDecoder, SSEEvent, encode_data, encode_event
 from mlx_gateway.stream import (
     PING,
     Event,
@@ -130,8 +137,7 @@ class Gateway:
             heartbeat = asyncio.create_task(writer.keep_alive(self.config.ping_interval))
             try:
                 await writer.send(translator.start())
-                await writer.send(await relay_anthropic(pieces, translator, writer))
-                await response.write_eof()
+                await writer.close(await relay_anthropic(pieces, translator, writer))
             except ConnectionResetError:
                 log.info("client went away mid-stream; closing the backend request")
             finally:
@@ -199,6 +205,11 @@ async def start_event_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def encode_events(events: list[Event]) -> bytes:
+    encode = _json.encode
+    return b"".join([encode_event(event["type"], encode(event)) for event in events])
+
+
 class EventWriter:
     """Encodes a batch of events into one write, and pings while the backend is silent."""
 
@@ -210,12 +221,13 @@ class EventWriter:
         self._last_write = self._loop.time()
 
     async def send(self, events: list[Event]) -> None:
-        if not events:
-            return
-        encode = _json.encode
-        buffer = b"".join([encode_event(event["type"], encode(event)) for event in events])
-        self._last_write = self._loop.time()
-        await self._response.write(buffer)
+        if events:
+            self._last_write = self._loop.time()
+            await self._response.write(encode_events(events))
+
+    async def close(self, events: list[Event]) -> None:
+        """The last events and the end of the response go out in one write."""
+        await self._response.write_eof(encode_events(events))
 
     async def keep_alive(self, interval: float) -> None:
         """One task per stream instead of a timer per chunk: the hot path only stores a time."""
@@ -247,20 +259,42 @@ async def translated_batches(
     a stop sequence (leaving the caller's block then closes the backend request)."""
     decoder = SSEDecoder()
     async for piece in pieces:
-        yield translate_sse(decoder.feed(piece), translator)
+        yield translate_sse(decoder.feed_runs(piece), translator)
         if translator.stopped:
             return
     yield translate_sse(decoder.flush(), translator)
 
 
-def translate_sse(sse_events: list[SSEEvent], translator: StreamTranslator) -> list[Event]:
+def translate_sse(items: Sequence[SSEEvent | DataRun], translator: StreamTranslator) -> list[Event]:
+    """Chunks that came in one read are decoded and translated together (see feed_batch); a
+    keepalive comment among them becomes a ping in its place."""
     events: list[Event] = []
-    for sse_event in sse_events:
-        if sse_event.comment is not None:
+    chunks: list[ChatCompletionChunk] = []
+    for item in items:
+        if isinstance(item, DataRun):
+            chunks += run_chunks(item)
+        elif item.comment is not None:
+            if chunks:
+                events += translator.feed_batch(chunks)
+                chunks = []
             events.append(PING)
-        elif sse_event.data and sse_event.data != "[DONE]":
-            events.extend(translator.feed(decode_chunk(sse_event.data)))
+        elif item.data and item.data != "[DONE]":
+            chunks.append(decode_chunk(item.data))
+    if chunks:
+        events += translator.feed_batch(chunks)
     return events
+
+
+def run_chunks(run: DataRun) -> list[ChatCompletionChunk]:
+    """A run's chunks decoded as one JSON array; one by one only when that fails, so that the
+    error names the chunk that is not one."""
+    array, count = run.joined(b","), run.count
+    if array == b"[DONE]" or array.endswith(b",[DONE]"):  # the end marker after the last chunk
+        array, count = array[:-7], count - 1
+    chunks = decode_chunk_array(b"[" + array + b"]", count) if count else []
+    if chunks is None:
+        chunks = [decode_chunk(e.data) for e in run.events() if e.data and e.data != "[DONE]"]
+    return chunks
 
 
 def estimate_tokens(byte_count: int) -> int:

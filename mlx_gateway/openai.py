@@ -78,6 +78,7 @@ class ChatCompletionChunk(msgspec.Struct, gc=False):
 
 _completion_decoder = msgspec.json.Decoder(ChatCompletion)
 _chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
+_chunks_decoder = msgspec.json.Decoder(list[ChatCompletionChunk])
 
 
 def decode_completion(body: bytes) -> ChatCompletion:
@@ -94,6 +95,15 @@ def decode_chunk(data: bytes | str) -> ChatCompletionChunk:
         raise BadBackendResponse(
             f"backend stream chunk is not a chat completion chunk: {exc}"
         ) from None
+
+
+def decode_chunk_array(array: bytes, count: int) -> list[ChatCompletionChunk] | None:
+    """``count`` chunks given as one JSON array, or None when it holds anything else."""
+    try:
+        chunks = _chunks_decoder.decode(array)
+    except msgspec.DecodeError:
+        return None
+    return chunks if len(chunks) == count else None
 
 
 _T = TypeVar("_T")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DONE",
+    "DataRun",
     "SSEDecoder",
     "SSEEvent",
     "encode_comment",
@@ -55,6 +56,29 @@ class SSEEvent:
     data: str
     id: str | None = None
     comment: str | None = None
+
+
+@dataclass(slots=True)
+class DataRun:
+    """Consecutive events that are one ``data: `` line each and nothing else, as the bytes
+    they came in (``data: A\n\ndata: B\n\n``).
+
+    A backend's stream is almost all such events, many to a read when it is fast; handed over
+    whole they cost the decoder two byte counts instead of an event object each, and a JSON
+    consumer can decode their payloads in one call (``joined(b",")`` inside brackets).
+    """
+
+    raw: bytes
+    count: int
+    id: str | None = None
+
+    def joined(self, separator: bytes) -> bytes:
+        # The run holds no line breaks but the ones between events (see feed_runs).
+        return self.raw[6:-2].replace(b"\n\ndata: ", separator)
+
+    def events(self) -> list[SSEEvent]:
+        payloads = self.raw[6:-2].split(b"\n\ndata: ")
+        return [SSEEvent(None, payload.decode("utf-8", "replace"), self.id) for payload in payloads]
 
 
 def _text(raw: bytes) -> str:
@@ -95,24 +119,62 @@ class SSEDecoder:
             # A CR ending this read may be the first half of a CRLF split across reads.
             self._skip_lf = buf.endswith(b"\r")
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buf.split(b"\n")
-        rest = lines.pop()
-        if rest:
-            self._partial.append(rest)
+        # Nearly every event a backend sends is one `data: ` line and a blank line: split into
+        # such blocks first, so each costs one check instead of two trips through the line loop.
+        blocks = buf.split(b"\n\n")
+        rest = blocks.pop()
         out: list[SSEEvent] = []
-        if self._first:
+        for block in blocks:
+            if (
+                block[:6] == b"data: "
+                and _LF not in block
+                and self._data is None
+                and self._event is None
+                and not self._first
+            ):
+                out.append(SSEEvent(None, block[6:].decode("utf-8", "replace"), self._id))
+            else:
+                self._lines(block.split(b"\n"), out)
+                self._dispatch(out)
+        lines = rest.split(b"\n")
+        partial = lines.pop()
+        if partial:
+            self._partial.append(partial)
+        self._lines(lines, out)
+        return out
+
+    def _lines(self, lines: list[bytes], out: list[SSEEvent]) -> None:
+        if self._first and lines:
             self._line(lines[0], out)  # may begin with a byte order mark
             lines = lines[1:]
         for line in lines:
-            # Data lines and the blank lines that dispatch them are nearly all a backend sends:
-            # they are handled here as _line would, without its field lookup.
             if not line:
                 self._dispatch(out)
             elif line[:5] == b"data:":
                 self._on_data(line[6:] if line[5:6] == b" " else line[5:])
             else:
                 self._line(line, out)
+
+    def feed_runs(self, data: bytes) -> list[SSEEvent | DataRun]:
+        """``feed``, except that when ``data`` begins at an event boundary with events of one
+        ``data: `` line each, those come back as one DataRun; anything after them as usual."""
+        out: list[SSEEvent | DataRun] = []
+        end = data.rfind(b"\n\n") + 2
+        if end > 7 and data[:6] == b"data: " and self._at_boundary():
+            run = data[:end]
+            count = run.count(b"\n\ndata: ") + 1
+            if run.count(_LF) == 2 * count and _CR not in run:
+                out.append(DataRun(run, count, self._id))
+                data = data[end:]
+        out += self.feed(data)
         return out
+
+    def _at_boundary(self) -> bool:
+        return (
+            not (self._partial or self._skip_lf or self._first)
+            and self._data is None
+            and self._event is None
+        )
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: finish a last line without terminator and dispatch what is pending."""

@@ -46,6 +46,7 @@ log = logging.getLogger("mlx_gateway.stream")
 
 Event = dict[str, Any]
 PING: Event = {"type": "ping"}
+_NOT_SIMPLE = ("", "")
 
 
 class StreamTranslator:
@@ -140,6 +141,57 @@ class StreamTranslator:
             self._finish_reason = choice.finish_reason
             self._vllm_stop = choice.stop_reason
         return events
+
+    def feed_batch(self, chunks: list[ChatCompletionChunk]) -> list[Event]:
+        """The events of chunks that arrived together: what `feed` gives for each, except that a
+        run of plain text or of reasoning leaves as one delta. Only what already arrived is
+        joined, so nothing waits; a client of a fast backend then parses an event per network
+        read instead of one per token, and the gateway encodes one."""
+        events: list[Event] = []
+        run: list[str] = []
+        run_kind = ""
+        for chunk in chunks:
+            kind, text = self._simple_piece(chunk)
+            if kind and (kind == run_kind or not run):
+                run_kind = kind
+                run.append(text)
+                continue
+            if run:
+                self._emit_run(run_kind, run, events)
+                run = []
+            if kind:
+                run_kind = kind
+                run.append(text)
+            else:
+                events += self.feed(chunk)
+        if run:
+            self._emit_run(run_kind, run, events)
+        return events
+
+    def _simple_piece(self, chunk: ChatCompletionChunk) -> tuple[str, str]:
+        """("text", t) or ("thinking", t) for a chunk that carries only that, where `feed` would
+        send it on unchanged; ("", "") for any other chunk."""
+        if chunk.usage is not None or len(chunk.choices) != 1:
+            return _NOT_SIMPLE
+        choice = chunk.choices[0]
+        delta = choice.delta
+        if choice.finish_reason is not None or delta.tool_calls:
+            return _NOT_SIMPLE
+        reasoning = delta.reasoning_content or delta.reasoning
+        content = delta.content
+        if reasoning:
+            return _NOT_SIMPLE if content else ("thinking", reasoning)
+        if content and self._plain and "<" not in content and self._stop_cutter.matched is None:
+            self._output_pieces += 1
+            return "text", content
+        return _NOT_SIMPLE
+
+    def _emit_run(self, kind: str, run: list[str], events: list[Event]) -> None:
+        text = run[0] if len(run) == 1 else "".join(run)
+        if kind == "thinking":
+            self._thinking(text, events)
+        else:
+            self._text(text, events)
 
     @property
     def stopped(self) -> bool:

@@ -66,6 +66,49 @@ def stream_raw(gateway: GatewayProcess, body: dict[str, Any]) -> tuple[int, byte
         return response.status_code, response.read()
 
 
+def paced(pieces: list[str], seconds: float) -> Stream:
+    """A text stream whose tokens arrive apart, each in a network read of its own."""
+    items: list[Any] = [chunk({"role": "assistant", "content": ""})]
+    for piece in pieces:
+        items += [Pause(seconds), chunk({"content": piece})]
+    return Stream([*items, chunk({}, "stop")], usage=USAGE)
+
+
+def test_each_token_leaves_as_it_arrives(
+    client: anthropic.Anthropic, scripted_backend: ScriptedBackend
+) -> None:
+    """Nothing is held back: a token that arrives alone is its own delta, sent before the next
+    one exists (the backend pauses, well under --timeout)."""
+    scripted_backend.queue(paced(["Bon", "jour", " le ", "monde"], 0.15))
+    request = {key: value for key, value in HELLO.items() if key != "stream"}
+    with client.messages.stream(**request) as stream:
+        assert list(stream.text_stream) == ["Bon", "jour", " le ", "monde"]
+
+
+def test_tokens_that_arrive_together_leave_as_one_delta(
+    gateway: GatewayProcess, scripted_backend: ScriptedBackend
+) -> None:
+    """Chunks in one backend write are translated as a batch: their text is one delta (what a
+    fast backend under load sends), in the same block."""
+    together = b"".join(
+        b"data: " + json.dumps(chunk({"content": piece})).encode() + b"\n\n"
+        for piece in ["Bon", "jour", " le ", "monde"]
+    )
+    scripted_backend.queue(
+        Stream([chunk({"role": "assistant"}), Pause(0.1), together, chunk({}, "stop")], USAGE)
+    )
+    status, raw = stream_raw(gateway, HELLO)
+    assert status == 200
+    events = parse_sse(raw)
+    assert_well_formed(events)
+    deltas = [event["delta"] for event in events if event["type"] == "content_block_delta"]
+    assert {delta["type"] for delta in deltas} == {"text_delta"}
+    assert "".join(delta["text"] for delta in deltas) == "Bonjour le monde"
+    # The answer's first text goes alone through the check for an opening <think>.
+    assert [delta["text"] for delta in deltas[1:]] == ["jour le monde"]
+    assert accumulate(events)["usage"]["output_tokens"] == 4
+
+
 def test_sdk_stream_equals_non_streaming_answer(
     client: anthropic.Anthropic, scripted_backend: ScriptedBackend
 ) -> None:
@@ -81,7 +124,7 @@ def test_sdk_stream_equals_non_streaming_answer(
     with client.messages.stream(**request) as stream:
         texts = list(stream.text_stream)
         streamed = stream.get_final_message()
-    assert texts == ["Bon", "jour", " le ", "monde"]
+    assert "".join(texts) == "Bonjour le monde"
     sent = scripted_backend.last_json()
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mlx_gateway.sse import (
     DONE,
+    DataRun,
     SSEDecoder,
     SSEEvent,
     encode_comment,
@@ -157,6 +158,94 @@ def test_long_line_in_many_pieces() -> None:
         out += decoder.feed(payload[i : i + 7] if i else b"data: " + payload[:7])
     out += decoder.feed(b"\n\n")
     assert out == [ev("x" * 100_000)]
+
+
+# --- runs of data-only events ---------------------------------------------------------------
+
+
+def decode_runs(chunks: list[bytes]) -> list[SSEEvent]:
+    """feed_runs with every DataRun expanded: must equal plain feed, whatever the splits."""
+    decoder = SSEDecoder()
+    out: list[SSEEvent] = []
+    for chunk in chunks:
+        for item in decoder.feed_runs(chunk):
+            out += item.events() if isinstance(item, DataRun) else [item]
+    return out + decoder.flush()
+
+
+def runs_of(chunks: list[bytes]) -> list[SSEEvent | DataRun]:
+    decoder = SSEDecoder()
+    return [item for chunk in chunks for item in decoder.feed_runs(chunk)]
+
+
+@pytest.mark.parametrize("data", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_runs_every_split_position(data: bytes) -> None:
+    for i in range(len(data) + 1):
+        for first in ([], [b"data: 0\n\n"]):  # a run can begin only after the first line
+            chunks = [*first, data[:i], data[i:]]
+            assert decode_runs(chunks) == decode(chunks), (first, i)
+
+
+def test_a_read_of_data_events_is_one_run() -> None:
+    items = runs_of([b"data: {}\n\n", b'data: {"a":1}\n\ndata: [DONE]\n\n'])
+    assert items == [ev("{}"), DataRun(b'data: {"a":1}\n\ndata: [DONE]\n\n', 2)]
+    run = items[1]
+    assert isinstance(run, DataRun)
+    assert run.joined(b",") == b'{"a":1},[DONE]'
+    assert run.events() == [ev('{"a":1}'), ev("[DONE]")]
+
+
+def test_a_run_stops_at_a_cut_event_which_completes_later() -> None:
+    decoder = SSEDecoder()
+    decoder.feed_runs(b"data: 0\n\n")
+    assert decoder.feed_runs(b"data: a\n\ndata: b\n\ndata: c") == [
+        DataRun(b"data: a\n\ndata: b\n\n", 2)
+    ]
+    assert decoder.feed_runs(b"d\n\n") == [ev("cd")]
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        b"data: a\n\n: keepalive\n\n",  # a comment among them
+        b"data: a\ndata: b\n\n",  # an event of two lines
+        b"event: x\ndata: a\n\n",  # a named event
+        b"data: a\r\n\r\n",  # other line ends
+        b"data:a\n\n",  # no space after the colon
+        b"data: a\n\n\ndata: b\n\n",  # a stray blank line
+    ],
+)
+def test_anything_but_one_line_data_events_is_decoded_as_usual(read: bytes) -> None:
+    decoder = SSEDecoder()
+    decoder.feed_runs(b"data: 0\n\n")
+    assert not any(isinstance(item, DataRun) for item in decoder.feed_runs(read))
+    assert decode_runs([b"data: 0\n\n", read]) == decode([b"data: 0\n\n", read])
+
+
+def test_no_run_in_the_middle_of_an_event() -> None:
+    decoder = SSEDecoder()
+    decoder.feed_runs(b"data: 0\n\nevent: x\n")
+    assert decoder.feed_runs(b"data: a\n\n") == [SSEEvent("x", "a")]
+
+
+def test_the_first_read_may_carry_a_byte_order_mark() -> None:
+    assert runs_of([b"\xef\xbb\xbfdata: a\n\ndata: b\n\n"]) == [ev("a"), ev("b")]
+
+
+@given(st.binary(max_size=200), st.data())
+def test_runs_any_bytes_any_split_same_result(blob: bytes, data: st.DataObject) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(blob)), max_size=8))
+    assert decode_runs(split_at(blob, cuts)) == decode([blob])
+
+
+@given(st.lists(st.sampled_from([b"data: x\n\n", b"data: {}\n\n", b": c\n\n", b"\n"]),
+                max_size=30), st.data())
+def test_runs_of_stream_like_bytes_any_split_same_result(
+    pieces: list[bytes], data: st.DataObject
+) -> None:
+    blob = b"".join(pieces)
+    cuts = data.draw(st.lists(st.integers(0, len(blob)), max_size=8))
+    assert decode_runs(split_at(blob, cuts)) == decode([blob])
 
 
 # --- encoder -------------------------------------------------------------------------------

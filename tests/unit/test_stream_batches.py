@@ -1,0 +1,196 @@
+"""Chunks that arrive in one read are translated as a batch: runs of plain text or reasoning
+leave as one delta each, and everything else must be exactly what feeding them one by one gives.
+The backend bytes of such a read are decoded as one JSON array, with the same errors as before."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlx_gateway.app import translate_sse
+from mlx_gateway.errors import BadBackendResponse
+from mlx_gateway.openai import ChatCompletionChunk
+from mlx_gateway.sse import SSEDecoder
+from mlx_gateway.stream import PING, StreamTranslator
+from tests.support.anthropic_stream import accumulate, assert_well_formed
+from tests.unit.test_stream import (
+    chunk,
+    chunkings,
+    deltas,
+    replies,
+    text_chunks,
+    tool_delta,
+    translator,
+    usage_chunk,
+)
+
+Event = dict[str, Any]
+
+
+def one_by_one(chunks: list[ChatCompletionChunk], **options: Any) -> list[Event]:
+    stream = translator(**options)
+    events = stream.start()
+    for item in chunks:
+        events += stream.feed(item)
+    return events + stream.finish()
+
+
+def in_batches(chunks: list[ChatCompletionChunk], cuts: list[int], **options: Any) -> list[Event]:
+    stream = translator(**options)
+    events = stream.start()
+    bounds = [0, *sorted(cuts), len(chunks)]
+    for start, end in pairwise(bounds):
+        events += stream.feed_batch(chunks[start:end])
+    events += stream.finish()
+    assert_well_formed(events)
+    return events
+
+
+def test_a_run_of_text_after_the_first_piece_is_one_delta() -> None:
+    chunks = text_chunks(["Hel", "lo", " wor", "ld"])
+    events = in_batches(chunks, [])
+    # The answer's first text goes alone through the check for an opening <think>.
+    assert deltas(events, "text_delta") == ["Hel", "lo world"]
+    assert accumulate(events) == accumulate(one_by_one(chunks))
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_run_of_reasoning_is_one_thinking_delta(field: str) -> None:
+    chunks = [chunk(**{field: piece}) for piece in ["Let", " me", " think"]]
+    chunks += text_chunks(["Yes"])
+    events = in_batches(chunks, [])
+    assert deltas(events, "thinking_delta") == ["Let me think"]
+    assert accumulate(events) == accumulate(one_by_one(chunks))
+
+
+def test_a_tag_or_a_tool_call_ends_the_run() -> None:
+    chunks = [
+        chunk("a"),
+        chunk("b"),
+        chunk("c<"),
+        chunk("d"),
+        chunk(tool_calls=[tool_delta(0, id_="call_1", name="f", arguments="{}")]),
+        chunk(finish_reason="tool_calls"),
+    ]
+    events = in_batches(chunks, [])
+    assert deltas(events, "text_delta") == deltas(one_by_one(chunks), "text_delta")
+    assert accumulate(events) == accumulate(one_by_one(chunks))
+
+
+def test_output_pieces_are_counted_per_chunk_when_the_backend_gives_no_usage() -> None:
+    events = in_batches(text_chunks(["a", "b", "c", "d"], usage=None), [])
+    assert accumulate(events)["usage"]["output_tokens"] == 4
+
+
+def test_stop_sequences_are_watched_inside_a_batch() -> None:
+    chunks = text_chunks(["one ", "two ", "ST", "OP three"])
+    stream = translator(stop_sequences=["STOP"])
+    events = stream.start() + stream.feed_batch(chunks)
+    assert stream.stopped
+    events += stream.finish()
+    message = accumulate(events)
+    assert message["content"] == [{"type": "text", "text": "one two "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "STOP")
+
+
+CHUNK_KINDS = st.sampled_from(["reasoning", "reasoning_content", "empty"])
+
+
+def inside_text_tool_call(chunks: list[ChatCompletionChunk]) -> bool:
+    """Reasoning sent apart in the middle of a tool call written as text is not a thing models
+    do, and the stream could not show it well formed: the generator leaves it out."""
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text.rfind("<tool_call") > text.rfind("</tool_call>")
+
+
+@st.composite
+def mixed_streams(draw: st.DrawFn) -> list[ChatCompletionChunk]:
+    """Text (inline tags included), reasoning in either field, empty deltas, then tool calls."""
+    content = draw(replies())
+    chunks = [chunk(piece) for piece in draw(chunkings(content))]
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(CHUNK_KINDS)
+        spot = draw(st.integers(0, len(chunks)))
+        if inside_text_tool_call(chunks[:spot]):
+            continue
+        if kind.startswith("reasoning"):
+            chunks.insert(spot, chunk(**{kind: draw(st.sampled_from(["x", " y", "\n"]))}))
+        elif kind == "empty":
+            chunks.insert(spot, chunk(""))
+    if draw(st.booleans()):
+        chunks.append(chunk(tool_calls=[tool_delta(0, id_="call_1", name="f")]))
+        chunks += [chunk(tool_calls=[tool_delta(0, arguments=a)]) for a in ['{"a"', ": 1}"]]
+    chunks.append(chunk(finish_reason=draw(st.sampled_from(["stop", "length", "tool_calls"]))))
+    if draw(st.booleans()):
+        chunks.append(usage_chunk())
+    return chunks
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_batching_gives_the_same_message_as_one_by_one(data: st.DataObject) -> None:
+    chunks = data.draw(mixed_streams())
+    cuts = data.draw(st.lists(st.integers(0, len(chunks)), max_size=6))
+    options: dict[str, Any] = data.draw(
+        st.sampled_from([{}, {"starts_in_reasoning": True}, {"stop_sequences": ["y\n"]}])
+    )
+    assert accumulate(in_batches(chunks, cuts, **options)) == accumulate(
+        one_by_one(chunks, **options)
+    )
+
+
+# ---- backend bytes to events ------------------------------------------------------------------
+
+
+def sse(*payloads: Any) -> bytes:
+    return b"".join(
+        b"data: " + (p if isinstance(p, bytes) else json.dumps(p).encode()) + b"\n\n"
+        for p in payloads
+    )
+
+
+def wire_chunk(content: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+
+
+def translate_reads(*reads: bytes) -> list[Event]:
+    stream: StreamTranslator = translator()
+    decoder = SSEDecoder()
+    events = stream.start()
+    for read in reads:
+        events += translate_sse(decoder.feed_runs(read), stream)
+    return events + translate_sse(decoder.flush(), stream) + stream.finish()
+
+
+def test_a_read_ending_with_done_is_translated_whole() -> None:
+    first = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    rest = sse(wire_chunk("a"), wire_chunk("b"), wire_chunk("c"), b"[DONE]")
+    assert deltas(translate_reads(first, rest), "text_delta") == ["a", "bc"]
+
+
+def test_a_keepalive_between_chunks_becomes_a_ping_in_its_place() -> None:
+    reads = sse(wire_chunk("a")) + b": keepalive\n\n" + sse(wire_chunk("b"))
+    events = translate_reads(sse(wire_chunk("")), reads)
+    kinds = [e["type"] for e in events if e["type"] in {"ping", "content_block_delta"}]
+    assert kinds == ["ping", "content_block_delta", "ping", "content_block_delta"]
+    assert PING in events
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'{"choices": 3}',  # not a chunk
+        b"{not json",
+        json.dumps(wire_chunk("x")).encode() + b"," + json.dumps(wire_chunk("y")).encode(),
+    ],
+    ids=["wrong shape", "not json", "two objects in one event"],
+)
+def test_a_bad_chunk_in_a_run_is_named(bad: bytes) -> None:
+    reads = (sse(wire_chunk("")), sse(wire_chunk("a"), bad, wire_chunk("b")))
+    with pytest.raises(BadBackendResponse, match="not a chat completion chunk"):
+        translate_reads(*reads)
