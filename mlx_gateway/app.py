@@ -132,7 +132,7 @@ class Gateway:
         self, request: web.Request, body: bytes, translator: StreamTranslator
     ) -> web.StreamResponse:
         async with self.upstream.stream(body) as pieces:
-            response = await start_event_stream(request)
+            response = await start_event_stream(request, head_with_first_write=True)
             writer = EventWriter(response)
             heartbeat = asyncio.create_task(writer.keep_alive(self.config.ping_interval))
             try:
@@ -193,14 +193,26 @@ class Gateway:
 _PING_BYTES = encode_event("ping", b'{"type":"ping"}')
 
 
-async def start_event_stream(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
+class _HeadersWithFirstWrite(web.StreamResponse):
+    """The head leaves with the first write, one send instead of two (as aiohttp's Response
+    does). Only for the Anthropic stream, whose first write, message_start, follows at once; an
+    OpenAI stream's head goes out alone, before the backend's first token."""
+
+    _send_headers_immediately = False
+
+
+_EVENT_STREAM_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+async def start_event_stream(
+    request: web.Request, *, head_with_first_write: bool = False
+) -> web.StreamResponse:
+    kind = _HeadersWithFirstWrite if head_with_first_write else web.StreamResponse
+    response = kind(headers=_EVENT_STREAM_HEADERS)
     await response.prepare(request)
     return response
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -53,6 +54,11 @@ class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._loop = loop
         self._timeout = timeout
+        # httptools calls on_body once per chunk of a chunked body, that is once per token of a
+        # stream: it is the list's own append, with no Python frame (the high-water check is
+        # per read, in data_received). The list is cleared, never replaced, to keep it bound.
+        self._pieces: list[bytes] = []
+        self.on_body: Callable[[bytes], None] = self._pieces.append
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -65,7 +71,7 @@ class _Connection(asyncio.Protocol):
         self._deadline = deadline
         self._last_read = self._loop.time()
         self.status = 0
-        self._pieces: list[bytes] = []
+        self._pieces.clear()
         self._size = 0
         self._framed = False  # Content-Length or Transfer-Encoding seen
         self.done = False
@@ -102,9 +108,11 @@ class _Connection(asyncio.Protocol):
         return self._take()
 
     def _take(self) -> bytes:
-        pieces, self._pieces, self._size = self._pieces, [], 0
+        body = b"".join(self._pieces)  # one piece comes back as itself, uncopied
+        self._pieces.clear()
+        self._size = 0
         self._resume()
-        return b"".join(pieces)  # one piece comes back as itself, uncopied
+        return body
 
     def _resume(self) -> None:
         if self._paused and self._transport is not None:
@@ -157,6 +165,11 @@ class _Connection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._error = PayloadError(f"the answer is not valid HTTP ({exc})")
             self.close()
+        if self._pieces:
+            self._size += len(data)  # framing included: a bound, not an exact count
+            if self._size > HIGH_WATER and not self._paused and self._transport is not None:
+                self._paused = True
+                self._transport.pause_reading()
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -178,13 +191,6 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self._pieces.append(body)
-        self._size += len(body)
-        if self._size > HIGH_WATER and not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
 
     def on_message_complete(self) -> None:
         self.done = True

@@ -159,6 +159,11 @@ class SSEDecoder:
         """``feed``, except that when ``data`` begins at an event boundary with events of one
         ``data: `` line each, those come back as one DataRun; anything after them as usual."""
         out: list[SSEEvent | DataRun] = []
+        if not self._at_boundary():
+            # A read that ends inside an event: finish that event as usual, then look for a run.
+            end = data.find(b"\n\n") + 2
+            out += self.feed(data[:end] if end > 1 else data)
+            data = data[end:] if end > 1 else b""
         end = data.rfind(b"\n\n") + 2
         if end > 7 and data[:6] == b"data: " and self._at_boundary():
             run = data[:end]

@@ -152,11 +152,7 @@ class StreamTranslator:
         run_kind = ""
         for chunk in chunks:
             kind, text = self._simple_piece(chunk)
-            if kind and (kind == run_kind or not run):
-                run_kind = kind
-                run.append(text)
-                continue
-            if run:
+            if run and kind != run_kind:
                 self._emit_run(run_kind, run, events)
                 run = []
             if kind:
@@ -181,7 +177,7 @@ class StreamTranslator:
         content = delta.content
         if reasoning:
             return _NOT_SIMPLE if content else ("thinking", reasoning)
-        if content and self._plain and "<" not in content and self._stop_cutter.matched is None:
+        if content and self._plain and "<" not in content:  # _plain: no stop sequences either
             self._output_pieces += 1
             return "text", content
         return _NOT_SIMPLE

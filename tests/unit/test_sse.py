@@ -228,8 +228,18 @@ def test_no_run_in_the_middle_of_an_event() -> None:
     assert decoder.feed_runs(b"data: a\n\n") == [SSEEvent("x", "a")]
 
 
-def test_the_first_read_may_carry_a_byte_order_mark() -> None:
-    assert runs_of([b"\xef\xbb\xbfdata: a\n\ndata: b\n\n"]) == [ev("a"), ev("b")]
+def test_the_first_event_may_carry_a_byte_order_mark() -> None:
+    read = b"\xef\xbb\xbfdata: a\n\ndata: b\n\ndata: c\n\n"
+    assert runs_of([read]) == [ev("a"), DataRun(b"data: b\n\ndata: c\n\n", 2)]
+
+
+def test_a_run_follows_the_end_of_an_event_cut_by_the_previous_read() -> None:
+    decoder = SSEDecoder()
+    decoder.feed_runs(b"data: 0\n\ndata: par")
+    assert decoder.feed_runs(b"tial\n\ndata: a\n\ndata: b\n\n") == [
+        ev("partial"),
+        DataRun(b"data: a\n\ndata: b\n\n", 2),
+    ]
 
 
 @given(st.binary(max_size=200), st.data())
@@ -238,8 +248,10 @@ def test_runs_any_bytes_any_split_same_result(blob: bytes, data: st.DataObject) 
     assert decode_runs(split_at(blob, cuts)) == decode([blob])
 
 
-@given(st.lists(st.sampled_from([b"data: x\n\n", b"data: {}\n\n", b": c\n\n", b"\n"]),
-                max_size=30), st.data())
+@given(
+    st.lists(st.sampled_from([b"data: x\n\n", b"data: {}\n\n", b": c\n\n", b"\n"]), max_size=30),
+    st.data(),
+)
 def test_runs_of_stream_like_bytes_any_split_same_result(
     pieces: list[bytes], data: st.DataObject
 ) -> None:
