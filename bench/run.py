@@ -57,6 +57,7 @@ class Settings:
     max_streams: int  # per stream run, a bound whatever the speed
     chunks: int
     chunks_per_write: int  # how the fake backend sends a stream's tokens (0: all at once)
+    paced: bool  # also stream with one token per backend write, as model servers send them
     peers: tuple[str, ...]
     profile: bool
     quick: bool
@@ -73,6 +74,7 @@ FULL = Settings(
     max_streams=20_000,
     chunks=200,
     chunks_per_write=0,
+    paced=True,
     peers=(),
     profile=False,
     quick=False,
@@ -97,6 +99,7 @@ class Scenario:
     name: str
     exchange: Exchange
     anthropic: bool  # targets get the Anthropic form on /v1/messages, else OpenAI's
+    per_write: int | None = None  # a stream's tokens per backend write; None: the run's setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +122,23 @@ def http_scenarios() -> list[Scenario]:
     ]
 
 
-def stream_scenarios() -> list[Scenario]:
+PACED = "paced "
+
+
+def stream_scenarios(paced: bool) -> list[Scenario]:
+    """Bursts (by default every token in one backend write) show what translating a token costs;
+    paced streams (each token a write of its own, as a model server sends them) show what a
+    client of a real server gets, read by read."""
     small = payloads.small(stream=True)
-    return [
+    scenarios = [
         Scenario("stream /v1/messages", small, anthropic=True),
         Scenario("stream /v1/chat/completions", small, anthropic=False),
     ]
+    if paced:
+        scenarios += [
+            replace(scenario, name=PACED + scenario.name, per_write=1) for scenario in scenarios
+        ]
+    return scenarios
 
 
 def route(target: Target, scenario: Scenario) -> tuple[str, bytes]:
@@ -238,14 +252,27 @@ class Bench:
         only = self.settings.only
         return [s for s in scenarios if not only or any(part in s.name for part in only)]
 
-    def run(self, targets: Sequence[Target]) -> None:
+    def scenario_groups(self) -> list[tuple[int, list[Scenario], list[Scenario]]]:
+        """(backend tokens per write, http scenarios, stream scenarios): one fake backend (and
+        its gateway) per group, since the fake backend paces all its streams alike."""
+        default = self.settings.chunks_per_write
+        streams = self._selected(stream_scenarios(self.settings.paced))
+        groups = [(default, self._selected(http_scenarios()), [])]
+        for scenario in streams:
+            per_write = default if scenario.per_write is None else scenario.per_write
+            if per_write != groups[-1][0]:
+                groups.append((per_write, [], []))
+            groups[-1][2].append(scenario)
+        return [group for group in groups if group[1] or group[2]]
+
+    def run(self, targets: Sequence[Target], http: list[Scenario], streams: list[Scenario]) -> None:
         """Direct first in each group, so every target's row has its baseline from moments ago."""
-        for scenario in self._selected(http_scenarios()):
+        for scenario in http:
             for concurrency in self.settings.concurrencies:
                 for target in targets:
                     row = self.http(scenario, concurrency, target)
                     _progress(row, f"{row.requests_per_second:.0f} req/s")
-        for scenario in self._selected(stream_scenarios()):
+        for scenario in streams:
             for concurrency in self.settings.stream_concurrencies:
                 for target in targets:
                     if not scenario.anthropic and target.name not in (DIRECT, "gateway"):
@@ -387,8 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         bench = Bench(settings, workdir, profile_dir)
         try:
-            with _targets(settings, plan, workdir) as targets:
-                bench.run(targets)
+            for per_write, http, streams in bench.scenario_groups():
+                group_settings = replace(settings, chunks_per_write=per_write)
+                with _targets(group_settings, plan, workdir) as targets:
+                    bench.run(targets, http, streams)
         except services.ServiceFailed as exc:
             print(f"bench: error: {exc}", file=sys.stderr)
             return 2
@@ -424,6 +453,7 @@ def print_report(meta: dict[str, Any], bench: Bench, elapsed: float) -> None:
         f"({sizes['large_openai']} as OpenAI); wrk {settings.seconds} s per run after "
         f"{settings.warmup} s warm-up; streams of {settings.chunks} one-token chunks, "
         f"{settings.chunks_per_write or 'all'} per backend write"
+        + ("; paced: 1 per write" if settings.paced else "")
     )
     if settings.profile:
         print("py-spy was attached to the gateway: figures are a little lower than without")

@@ -15,7 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 HTTP_ROWS = ("small /v1/messages", "large /v1/messages", "small /v1/chat/completions")
-STREAM_ROWS = ("stream /v1/messages", "stream /v1/chat/completions")
+STREAM_ROWS = (
+    "stream /v1/messages",
+    "stream /v1/chat/completions",
+    "paced stream /v1/messages",
+    "paced stream /v1/chat/completions",
+)
 
 
 def test_quick_benchmark_runs_and_every_response_checks_out(tmp_path: Path) -> None:
