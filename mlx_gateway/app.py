@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from mlx_gateway import anthropic as an
+from mlx_gateway.answer import assemble_message, to_anthropic_message
 from mlx_gateway.backends import resolve_profile
 from mlx_gateway.config import Config
 from mlx_gateway.context import PromptContext
@@ -34,13 +35,7 @@ from mlx_gateway.openai import (
     read_chat_request,
 )
 from mlx_gateway.sse import DONE, DataRun, SSEDecoder, SSEEvent, encode_data, encode_event
-from mlx_gateway.stream import (
-    PING,
-    Event,
-    StreamTranslator,
-    assemble_message,
-    to_anthropic_message,
-)
+from mlx_gateway.stream import PING, Event, StreamTranslator
 from mlx_gateway.tokens import count_request
 from mlx_gateway.translate import gateway_watches_stops, to_openai_request
 from mlx_gateway.upstream import Upstream

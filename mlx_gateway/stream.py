@@ -20,24 +20,14 @@ import logging
 from typing import Any
 
 from mlx_gateway.errors import GatewayError
-from mlx_gateway.openai import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    Choice,
-    ChunkChoice,
-    Delta,
-    ResponseMessage,
-    ToolCall,
-    Usage,
-)
+from mlx_gateway.openai import ChatCompletionChunk, ToolCall, Usage
 from mlx_gateway.partialjson import closing_suffix, is_json_object
 from mlx_gateway.stops import StopSequenceCutter
 from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
-from mlx_gateway.think import ThinkSplitter, opened_by_prompt
+from mlx_gateway.think import ThinkSplitter
 from mlx_gateway.translate import (
     anthropic_stop_reason,
     json_text,
-    parse_tool_arguments,
     thinking_signature,
     usage_to_anthropic,
 )
@@ -353,109 +343,3 @@ class StreamTranslator:
             stop_sequences=self._stop_sequences,
             backend_stop=self._vllm_stop,
         )
-
-
-def assemble_message(events: list[Event]) -> Event:
-    """The non-streaming message that a stream of events describes (one translation path for
-    both modes where the gateway must watch the text itself, e.g. for stop sequences)."""
-    message: Event = {}
-    partial_json: dict[int, list[str]] = {}
-    for event in events:
-        kind = event["type"]
-        if kind == "message_start":
-            message = {**event["message"], "content": []}
-        elif kind == "content_block_start":
-            message["content"].append(dict(event["content_block"]))
-        elif kind == "content_block_delta":
-            _apply_delta(
-                message["content"][event["index"]], event["delta"], partial_json, event["index"]
-            )
-        elif kind == "message_delta":
-            message.update(event["delta"])
-            message["usage"] = {**message["usage"], **event["usage"]}
-    for index, fragments in partial_json.items():
-        message["content"][index]["input"] = parse_tool_arguments("".join(fragments))
-    return message
-
-
-def _apply_delta(
-    block: Event, delta: Event, partial_json: dict[int, list[str]], index: int
-) -> None:
-    kind = delta["type"]
-    if kind == "text_delta":
-        block["text"] += delta["text"]
-    elif kind == "thinking_delta":
-        block["thinking"] += delta["thinking"]
-    elif kind == "signature_delta":
-        block["signature"] = delta["signature"]
-    elif kind == "input_json_delta":
-        partial_json.setdefault(index, []).append(delta["partial_json"])
-
-
-def to_anthropic_message(
-    completion: ChatCompletion,
-    *,
-    model: str,
-    message_id: str,
-    stop_sequences: list[str] | None,
-) -> Event:
-    """A whole answer goes through the stream state machine as one chunk, so both modes order
-    blocks and read reasoning, tool calls and stop sequences identically. Plain text, the most
-    common answer, has none of those and is written directly (tests/unit prove it the same)."""
-    choice = completion.choices[0] if completion.choices else None
-    if choice is not None and not stop_sequences and is_plain_text(choice.message):
-        return _text_message(choice, completion.usage, model=model, message_id=message_id)
-    content = (choice.message.content or "") if choice else ""
-    translator = StreamTranslator(
-        model=model,
-        message_id=message_id,
-        estimated_input_tokens=0,
-        stop_sequences=stop_sequences,
-        starts_in_reasoning=opened_by_prompt(content),
-    )
-    events = translator.start()
-    events += translator.feed(
-        ChatCompletionChunk(choices=_as_chunk_choices(choice), usage=completion.usage)
-    )
-    return assemble_message(events + translator.finish())
-
-
-def is_plain_text(message: ResponseMessage) -> bool:
-    """No reasoning, no tool call and no tag: the state machine would pass the text through."""
-    if message.tool_calls or message.reasoning_content or message.reasoning:
-        return False
-    return "<" not in (message.content or "")
-
-
-def _text_message(choice: Choice, usage: Usage | None, *, model: str, message_id: str) -> Event:
-    text = choice.message.content or ""
-    stop_reason, stop_sequence = anthropic_stop_reason(choice.finish_reason)
-    return {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": text}] if text else [],
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": usage_to_anthropic(usage, 0, 1 if text else 0),
-    }
-
-
-def _as_chunk_choices(choice: Choice | None) -> list[ChunkChoice]:
-    if choice is None:
-        return []
-    message = choice.message
-    calls = [
-        ToolCall(id=call.id, function=call.function, index=position)
-        for position, call in enumerate(message.tool_calls or [])
-    ]
-    delta = Delta(
-        content=message.content,
-        tool_calls=calls or None,
-        reasoning_content=message.reasoning_content,
-        reasoning=message.reasoning,
-    )
-    return [
-        ChunkChoice(delta=delta, finish_reason=choice.finish_reason, stop_reason=choice.stop_reason)
-    ]

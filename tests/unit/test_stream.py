@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlx_gateway.answer import to_anthropic_message
 from mlx_gateway.errors import (
     BackendFailed,
     BackendUnavailable,
@@ -23,7 +24,7 @@ from mlx_gateway.errors import (
     GatewayError,
 )
 from mlx_gateway.openai import ChatCompletionChunk, decode_chunk, decode_completion
-from mlx_gateway.stream import StreamTranslator, to_anthropic_message
+from mlx_gateway.stream import StreamTranslator
 from tests.support.anthropic_stream import (
     StreamFailed,
     accumulate,

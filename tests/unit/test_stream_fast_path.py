@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gateway import stream as stream_module
+from mlx_gateway import answer as answer_module
+from mlx_gateway.answer import is_plain_text, to_anthropic_message
 from mlx_gateway.openai import decode_completion
-from mlx_gateway.stream import StreamTranslator, is_plain_text, to_anthropic_message
+from mlx_gateway.stream import StreamTranslator
 from mlx_gateway.think import ThinkSplitter
 from tests.unit.test_stream import chunkings, replies, run, text_chunks
 
@@ -111,7 +112,7 @@ def test_plain_text_answer_equals_the_state_machine(
     assert is_plain_text(answer.choices[0].message)
     direct = whole(answer, stops)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stream_module, "is_plain_text", lambda _message: False)
+        patch.setattr(answer_module, "is_plain_text", lambda _message: False)
         assert direct == whole(answer, stops)
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from mlx_gateway.answer import to_anthropic_message
 from mlx_gateway.anthropic import MessagesRequest, decode_messages_request
 from mlx_gateway.backends import PROFILES, BackendProfile
 from mlx_gateway.openai import decode_completion
-from mlx_gateway.stream import to_anthropic_message
 from mlx_gateway.translate import (
     RAW_ARGUMENTS_KEY,
     parse_tool_arguments,
