@@ -45,6 +45,7 @@ class StreamTranslator:
         "_estimated_input",
         "_finish_reason",
         "_has_tool_use",
+        "_held_reasoning",
         "_message_id",
         "_model",
         "_open_kind",
@@ -87,6 +88,8 @@ class StreamTranslator:
         self._usage: Usage | None = None
         self._output_pieces = 0
         self._tool_fragments: list[str] = []
+        # Reasoning that arrives while a tool call written as text is open waits for its end.
+        self._held_reasoning: list[str] = []
         # Whether plain text may skip the layers (see _passes_text); only they change it.
         self._plain = False
 
@@ -192,6 +195,8 @@ class StreamTranslator:
         for item in self._text_calls.finish():
             self._text_call_item(item, events)
         self._close(events)
+        self._release_reasoning(events)
+        self._close(events)
         stop_reason, stop_sequence = self._stop_reason()
         usage = usage_to_anthropic(self._usage, self._estimated_input, self._output_pieces)
         delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
@@ -239,13 +244,28 @@ class StreamTranslator:
                 self._arguments(item.fragment, events)
         elif isinstance(item, ToolCallEnd):
             self._close(events)
+            self._release_reasoning(events)
         else:
             self._text(item.text, events)  # type: ignore[attr-defined]
 
     def _thinking(self, text: str, events: list[Event]) -> None:
+        if self._in_text_tool_call():
+            # The call's remaining text is still to come into its tool_use block, which must
+            # stay open: the reasoning follows the call as a block of its own.
+            self._held_reasoning.append(text)
+            return
         if self._open_kind != "thinking":
             self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, events)
         events.append(self._delta({"type": "thinking_delta", "thinking": text}))
+
+    def _in_text_tool_call(self) -> bool:
+        key = self._open_tool_key
+        return self._open_kind == "tool_use" and isinstance(key, tuple) and key[0] == "text"
+
+    def _release_reasoning(self, events: list[Event]) -> None:
+        if self._held_reasoning:
+            held, self._held_reasoning = "".join(self._held_reasoning), []
+            self._thinking(held, events)
 
     def _text(self, text: str, events: list[Event]) -> None:
         if not text:
