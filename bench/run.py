@@ -28,6 +28,7 @@ from bench import payloads, peers, procfs, profiling, services
 from bench.payloads import Exchange
 from bench.report import (
     DIRECT,
+    PACED,
     HttpRow,
     StreamRow,
     direct_table,
@@ -120,9 +121,6 @@ def http_scenarios() -> list[Scenario]:
         Scenario("large /v1/messages", payloads.large(), anthropic=True),
         Scenario("small /v1/chat/completions", small, anthropic=False),
     ]
-
-
-PACED = "paced "
 
 
 def stream_scenarios(paced: bool) -> list[Scenario]:
