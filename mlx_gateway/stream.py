@@ -1,9 +1,10 @@
 """Streaming translation: OpenAI chat completion chunks in, Anthropic stream events out.
 
 `StreamTranslator` is a synchronous state machine; all per-request state lives on the instance.
-The async edge only drives it: `start()` once, `feed(chunk)` per backend chunk, then `finish()`
-at the end of the backend stream or `fail(error)` when it broke. Every method returns the events
-to send, in order, as plain dicts whose `type` is also the SSE event name.
+The async edge only drives it: `start()` once, `feed(chunk)` per backend chunk (or
+`feed_batch(chunks)` for the chunks of one network read), then `finish()` at the end of the
+backend stream or `fail(error)` when it broke. Every method returns the events to send, in
+order, as plain dicts whose `type` is also the SSE event name.
 
 Anthropic allows one open content block at a time, so blocks are opened lazily and closed as
 soon as content of another kind (or another tool call) arrives: thinking, text and tool_use
@@ -11,7 +12,8 @@ blocks appear in the order the model produced them. Reasoning arrives in three w
 `reasoning_content` or `reasoning` delta fields, or inline `<think>` tags) and always becomes a
 thinking block; tool calls arrive as `tool_calls` deltas or, from servers without a tool parser,
 as `<tool_call>` text, and always become tool_use blocks whose arguments are forwarded as they
-arrive. Nothing per chunk depends on the length of the answer so far.
+arrive (reasoning that comes while a text call is open follows the call). Nothing per chunk
+depends on the length of the answer so far.
 """
 
 from __future__ import annotations
