@@ -285,7 +285,7 @@ def translate_sse(items: Sequence[SSEEvent | DataRun], translator: StreamTransla
                 events += translator.feed_batch(chunks)
                 chunks = []
             events.append(PING)
-        elif item.data and item.data != "[DONE]":
+        elif is_chunk_data(item.data):
             chunks.append(decode_chunk(item.data))
     if chunks:
         events += translator.feed_batch(chunks)
@@ -300,8 +300,13 @@ def run_chunks(run: DataRun) -> list[ChatCompletionChunk]:
         array, count = array[:-7], count - 1
     chunks = decode_chunk_array(b"[" + array + b"]", count) if count else []
     if chunks is None:
-        chunks = [decode_chunk(e.data) for e in run.events() if e.data and e.data != "[DONE]"]
+        chunks = [decode_chunk(e.data) for e in run.events() if is_chunk_data(e.data)]
     return chunks
+
+
+def is_chunk_data(data: str) -> bool:
+    """Not empty and not the stream's end marker."""
+    return bool(data) and data != "[DONE]"
 
 
 def estimate_tokens(byte_count: int) -> int:

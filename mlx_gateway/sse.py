@@ -162,8 +162,10 @@ class SSEDecoder:
         if not self._at_boundary():
             # A read that ends inside an event: finish that event as usual, then look for a run.
             end = data.find(b"\n\n") + 2
-            out += self.feed(data[:end] if end > 1 else data)
-            data = data[end:] if end > 1 else b""
+            if end == 1:
+                end = len(data)
+            out += self.feed(data[:end])
+            data = data[end:]
         end = data.rfind(b"\n\n") + 2
         if end > 7 and data[:6] == b"data: " and self._at_boundary():
             run = data[:end]

@@ -178,7 +178,7 @@ class StreamTranslator:
         return _NOT_SIMPLE
 
     def _emit_run(self, kind: str, run: list[str], events: list[Event]) -> None:
-        text = run[0] if len(run) == 1 else "".join(run)
+        text = "".join(run)  # a lone piece comes back as itself
         if kind == "thinking":
             self._thinking(text, events)
         else:
