@@ -6,25 +6,17 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from mlx_gateway import anthropic as an
 from mlx_gateway.answer import assemble_message, to_anthropic_message
 from mlx_gateway.backends import resolve_profile
 from mlx_gateway.config import Config
 from mlx_gateway.context import PromptContext
-from mlx_gateway.errors import (
-    GatewayError,
-    MethodNotAllowed,
-    NotFound,
-    RequestTooLarge,
-    anthropic_error_body,
-    openai_error_body,
-)
+from mlx_gateway.errors import GatewayError, anthropic_error_body, openai_error_body
 from mlx_gateway.models import ModelRouter
 from mlx_gateway.openai import (
     ChatCompletionChunk,
@@ -34,6 +26,7 @@ from mlx_gateway.openai import (
     raw_json,
     read_chat_request,
 )
+from mlx_gateway.server import EventStream, Handler, Headers, Reply, Request, RSGIApp
 from mlx_gateway.sse import DONE, DataRun, SSEDecoder, SSEEvent, encode_data, encode_event
 from mlx_gateway.stream import PING, Event, StreamTranslator
 from mlx_gateway.tokens import count_request
@@ -44,9 +37,6 @@ log = logging.getLogger("mlx_gateway")
 
 _json = msgspec.json.Encoder()
 _json_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
-JSON_TYPE = "application/json"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Gateway:
@@ -67,8 +57,8 @@ class Gateway:
 
     # ---- Anthropic ----------------------------------------------------------------------------
 
-    async def messages(self, request: web.Request) -> web.StreamResponse:
-        parsed = an.decode_messages_request(await request.read())
+    async def messages(self, request: Request) -> Reply | EventStream:
+        parsed = an.decode_messages_request(request.body)
         model = self.router.resolve(parsed.model)
         upstream_stream = parsed.stream or gateway_watches_stops(parsed, self.profile)
         payload = to_openai_request(
@@ -84,7 +74,7 @@ class Gateway:
                 model=model,
                 message_id=self.message_ids.new(),
                 estimated_input_tokens=(
-                    prompt.tokens if prompt else estimate_tokens(request.content_length or 0)
+                    prompt.tokens if prompt else estimate_tokens(len(request.body))
                 ),
                 stop_sequences=parsed.stop_sequences,
             )
@@ -100,9 +90,9 @@ class Gateway:
         )
         return json_response(message)
 
-    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+    async def count_tokens(self, request: Request) -> Reply | EventStream:
         """Counts the prompt of the request `/v1/messages` would send for the same body."""
-        parsed = an.decode_count_tokens_request(await request.read())
+        parsed = an.decode_count_tokens_request(request.body)
         model = self.router.resolve(parsed.model)
         body = count_request(parsed, model=model, profile=self.profile)
         counted = await self.context.count(model, body)
@@ -110,8 +100,8 @@ class Gateway:
 
     # ---- OpenAI -------------------------------------------------------------------------------
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        chat = read_chat_request(await request.read())
+    async def chat_completions(self, request: Request) -> Reply | EventStream:
+        chat = read_chat_request(request.body)
         payload = chat.fields  # raw JSON values, sent on as they came
         payload["model"] = raw_json(self.router.resolve(chat.model))
         options = payload.get("stream_options")
@@ -121,23 +111,21 @@ class Gateway:
         if chat.stream:
             return await self._stream_openai(request, _json.encode(payload))
         answer = await self.upstream.complete(_json.encode(payload))
-        return web.Response(body=answer, content_type=JSON_TYPE)
+        return Reply(answer)
 
     async def _stream_anthropic(
-        self, request: web.Request, body: bytes, translator: StreamTranslator
-    ) -> web.StreamResponse:
+        self, request: Request, body: bytes, translator: StreamTranslator
+    ) -> Reply | EventStream:
         async with self.upstream.stream(body) as pieces:
-            response = await start_event_stream(request, head_with_first_write=True)
-            writer = EventWriter(response)
+            stream = request.open_stream(EVENT_STREAM_HEADERS)
+            writer = EventWriter(stream)
             heartbeat = asyncio.create_task(writer.keep_alive(self.config.ping_interval))
             try:
                 await writer.send(translator.start())
                 await writer.close(await relay_anthropic(pieces, translator, writer))
-            except ConnectionResetError:
-                log.info("client went away mid-stream; closing the backend request")
             finally:
                 heartbeat.cancel()
-        return response
+        return stream
 
     async def _collect(self, body: bytes, translator: StreamTranslator) -> Event:
         """A non-streaming answer read from a backend stream, for when the gateway must watch
@@ -148,24 +136,23 @@ class Gateway:
                 events += batch
         return assemble_message(events + translator.finish())
 
-    async def _stream_openai(self, request: web.Request, body: bytes) -> web.StreamResponse:
+    async def _stream_openai(self, request: Request, body: bytes) -> Reply | EventStream:
         async with self.upstream.stream(body) as pieces:
-            response = await start_event_stream(request)
+            stream = request.open_stream(EVENT_STREAM_HEADERS)
             ended = False
             try:
                 async for piece in pieces:
-                    await response.write(piece)
+                    await stream.write(piece)
                     ended = piece.rstrip().endswith(b"[DONE]")
             except GatewayError as error:
                 log.warning("backend stream failed: %s", error.message)
-                await response.write(encode_data(_json.encode(openai_error_body(error))))
+                await stream.write(encode_data(_json.encode(openai_error_body(error))))
             else:
                 if not ended:
-                    await response.write(DONE)
-            await response.write_eof()
-        return response
+                    await stream.write(DONE)
+        return stream
 
-    async def models(self, _: web.Request) -> web.StreamResponse:
+    async def models(self, _: Request) -> Reply | EventStream:
         created = int(time.time())
         names = self.router.served_models() + self.router.alias_names()
         data = [
@@ -174,7 +161,7 @@ class Gateway:
         ]
         return json_response({"object": "list", "data": data})
 
-    async def health(self, _: web.Request) -> web.StreamResponse:
+    async def health(self, _: Request) -> Reply | EventStream:
         return json_response(
             {
                 "status": "ok",
@@ -188,28 +175,11 @@ class Gateway:
 _PING_BYTES = encode_event("ping", b'{"type":"ping"}')
 
 
-class _HeadersWithFirstWrite(web.StreamResponse):
-    """The head leaves with the first write, one send instead of two (as aiohttp's Response
-    does). Only for the Anthropic stream, whose first write, message_start, follows at once; an
-    OpenAI stream's head goes out alone, before the backend's first token."""
-
-    _send_headers_immediately = False
-
-
-_EVENT_STREAM_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-
-
-async def start_event_stream(
-    request: web.Request, *, head_with_first_write: bool = False
-) -> web.StreamResponse:
-    kind = _HeadersWithFirstWrite if head_with_first_write else web.StreamResponse
-    response = kind(headers=_EVENT_STREAM_HEADERS)
-    await response.prepare(request)
-    return response
+EVENT_STREAM_HEADERS: Headers = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+]
 
 
 def encode_events(events: list[Event]) -> bytes:
@@ -220,21 +190,20 @@ def encode_events(events: list[Event]) -> bytes:
 class EventWriter:
     """Encodes a batch of events into one write, and pings while the backend is silent."""
 
-    __slots__ = ("_last_write", "_loop", "_response")
+    __slots__ = ("_last_write", "_loop", "_stream")
 
-    def __init__(self, response: web.StreamResponse) -> None:
-        self._response = response
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
         self._loop = asyncio.get_running_loop()
         self._last_write = self._loop.time()
 
     async def send(self, events: list[Event]) -> None:
         if events:
             self._last_write = self._loop.time()
-            await self._response.write(encode_events(events))
+            await self._stream.write(encode_events(events))
 
     async def close(self, events: list[Event]) -> None:
-        """The last events and the end of the response go out in one write."""
-        await self._response.write_eof(encode_events(events))
+        await self._stream.close(encode_events(events))
 
     async def keep_alive(self, interval: float) -> None:
         """One task per stream instead of a timer per chunk: the hot path only stores a time."""
@@ -242,7 +211,7 @@ class EventWriter:
             await asyncio.sleep(interval - (self._loop.time() - self._last_write))
             if self._loop.time() - self._last_write >= interval:
                 self._last_write = self._loop.time()
-                await self._response.write(_PING_BYTES)
+                await self._stream.write(_PING_BYTES)
 
 
 async def relay_anthropic(
@@ -329,11 +298,11 @@ class MessageIds:
         return f"{self._prefix}{self._count & 0xFFFFFFFF:08x}"
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_json.encode(body), status=status, content_type=JSON_TYPE)
+def json_response(body: Any, status: int = 200) -> Reply:
+    return Reply(_json.encode(body), status)
 
 
-def speaks_anthropic(request: web.Request) -> bool:
+def speaks_anthropic(request: Request) -> bool:
     """Errors go out in the caller's protocol: the path says it, else Anthropic's headers do."""
     path = request.path
     if path.startswith("/v1/messages"):
@@ -343,57 +312,31 @@ def speaks_anthropic(request: web.Request) -> bool:
     return "anthropic-version" in request.headers or "x-api-key" in request.headers
 
 
-def error_response(request: web.Request, error: GatewayError) -> web.Response:
+def error_reply(request: Request, error: GatewayError) -> Reply:
+    level = logging.WARNING if error.status >= 500 else logging.INFO
+    log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
     body = anthropic_error_body(error) if speaks_anthropic(request) else openai_error_body(error)
-    response = json_response(body, status=error.status)
-    response.headers["x-should-retry"] = "true" if error.retryable else "false"
-    return response
+    retry = "true" if error.retryable else "false"
+    headers = [("content-type", "application/json"), ("x-should-retry", retry)]
+    return Reply(_json.encode(body), error.status, headers)
 
 
-def _http_exception_as_error(exc: web.HTTPException, request: web.Request) -> GatewayError:
-    if exc.status == 404:
-        return NotFound(f"no route for {request.method} {request.path}")
-    if exc.status == 405:
-        return MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
-    if exc.status == 413:
-        return RequestTooLarge(f"request body is larger than the limit: {exc.text}")
-    return GatewayError(exc.text or exc.reason)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as error:
-        level = logging.WARNING if error.status >= 500 else logging.INFO
-        log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
-        return error_response(request, error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(request, _http_exception_as_error(exc, request))
-    except Exception:
-        log.exception("unexpected failure on %s %s", request.method, request.path)
-        return error_response(request, GatewayError("internal gateway error; see the gateway log"))
-
-
-def create_app(config: Config) -> web.Application:
-    """Builds the app; the backend pool is opened and closed by the app's lifespan."""
-    app = web.Application(
-        middlewares=[error_middleware], client_max_size=int(config.max_body_mb * 1024 * 1024)
-    )
+def create_app(config: Config) -> RSGIApp:
+    """Builds the app; the backend pool is opened when serving starts and closed when it ends."""
     gateway = Gateway(config)
-
-    async def lifespan(_: web.Application) -> Any:
-        await gateway.upstream.start()
-        yield
-        await gateway.upstream.close()
-
-    app.cleanup_ctx.append(lifespan)
-    app.router.add_post("/v1/messages", gateway.messages)
-    app.router.add_post("/v1/messages/count_tokens", gateway.count_tokens)
-    app.router.add_post("/v1/chat/completions", gateway.chat_completions)
-    app.router.add_post("/chat/completions", gateway.chat_completions)
-    app.router.add_get("/v1/models", gateway.models)
-    app.router.add_get("/health", gateway.health)
-    return app
+    chat: dict[str, Handler] = {"POST": gateway.chat_completions}
+    routes: dict[str, dict[str, Handler]] = {
+        "/v1/messages": {"POST": gateway.messages},
+        "/v1/messages/count_tokens": {"POST": gateway.count_tokens},
+        "/v1/chat/completions": chat,
+        "/chat/completions": chat,
+        "/v1/models": {"GET": gateway.models, "HEAD": gateway.models},
+        "/health": {"GET": gateway.health, "HEAD": gateway.health},
+    }
+    return RSGIApp(
+        routes,
+        error_reply,
+        max_body_bytes=int(config.max_body_mb * 1024 * 1024),
+        on_start=gateway.upstream.start,
+        on_stop=gateway.upstream.close,
+    )

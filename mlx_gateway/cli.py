@@ -11,9 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from mlx_gateway import __version__
+from mlx_gateway import __version__, server
 from mlx_gateway.app import create_app
 from mlx_gateway.code import run_code, split_code_command
 from mlx_gateway.config import SETTINGS, Config, load_config
@@ -89,16 +87,10 @@ def serve(config: Config) -> None:
     asyncio.set_event_loop(loop)
     app = create_app(config)
     tune_gc()
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        access_log=None,
-        print=None,
-        handler_cancellation=True,
-        reuse_port=config.workers > 1 or None,
-        loop=loop,
-    )
+    try:
+        loop.run_until_complete(server.serve(app, config.host, config.port))
+    finally:
+        loop.close()
 
 
 def serve_workers(config: Config) -> None:

@@ -316,14 +316,37 @@ def test_client_disconnect_closes_the_backend_request(
     pieces: list[Any] = [chunk({"role": "assistant", "content": "first"})]
     pieces += [item for _ in range(100) for item in (Pause(0.1), chunk({"content": "more"}))]
     scripted_backend.queue(Stream(pieces))
-    body = json.dumps(HELLO).encode()
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+    with _raw_post(gateway, HELLO) as sock:
         assert b"first" in _read_until(sock, b"first")
+    _assert_backend_request_closed_soon(gateway, scripted_backend)
+
+
+def test_client_leaving_a_whole_answer_closes_the_backend_request(
+    start_gateway: StartGateway, scripted_backend: ScriptedBackend
+) -> None:
+    """A local model should not keep generating an answer nobody will read."""
+    gateway = start_gateway(scripted_backend.url, "--timeout", "60")
+    scripted_backend.queue(Completion(text="too late", delay=30))
+    with _raw_post(gateway, {**HELLO, "stream": False}):
+        scripted_backend.wait_for_requests(1)
+    _assert_backend_request_closed_soon(gateway, scripted_backend)
+
+
+def _raw_post(gateway: GatewayProcess, body: dict[str, Any]) -> socket.socket:
+    """A request on a socket the test closes itself, as a client that goes away."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+    sock.sendall(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    return sock
+
+
+def _assert_backend_request_closed_soon(
+    gateway: GatewayProcess, scripted_backend: ScriptedBackend
+) -> None:
     started = time.monotonic()
     scripted_backend.wait_for_disconnect(timeout=3)
     assert time.monotonic() - started < 1.5

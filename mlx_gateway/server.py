@@ -1,0 +1,221 @@
+"""The HTTP server edge, on granian's RSGI interface: requests are read and routed here, answers
+and event streams written, and every failure handed back as a GatewayError for the app to render
+in the caller's protocol. Handlers see only `Request`, `Reply` and `EventStream`.
+
+Why granian and not aiohttp's server, which the gateway used before: HTTP parsing, keep-alive and
+response framing run in granian's compiled core, off the Python hot path. With the same handlers
+the benchmark's small request went from about 3,800 to 5,300 requests per second on one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported by granian
+from granian.server.embed import Server
+
+from mlx_gateway.errors import GatewayError, MethodNotAllowed, NotFound, RequestTooLarge
+
+log = logging.getLogger("mlx_gateway")
+
+Headers = list[tuple[str, str]]
+
+
+class HeaderView(Protocol):
+    """The request's headers; names are lower case."""
+
+    def __contains__(self, name: str) -> bool: ...
+
+    def get(self, name: str, default: Any = None) -> Any: ...
+
+
+class Request:
+    __slots__ = ("_proto", "body", "headers", "method", "path", "stream")
+
+    def __init__(self, method: str, path: str, headers: HeaderView, body: bytes, proto: Any):
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.stream: EventStream | None = None
+        self._proto = proto
+
+    def open_stream(self, headers: Headers) -> EventStream:
+        """Starts a 200 answer whose body is written piece by piece."""
+        self.stream = EventStream(self._proto.response_stream(200, headers))
+        return self.stream
+
+
+class Reply:
+    """A whole answer."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, body: bytes, status: int = 200, headers: Headers | None = None) -> None:
+        self.body = body
+        self.status = status
+        self.headers = headers if headers is not None else JSON_HEADERS
+
+
+JSON_HEADERS: Headers = [("content-type", "application/json")]
+
+
+class EventStream:
+    """The body of a streamed answer. A client that went away shows as ConnectionResetError.
+
+    granian ends the body when its transport object is freed, not when the handler returns, so
+    the transport is held here only and released by `end`: a reference cycle that outlives the
+    request (an exception's traceback) must not keep the client waiting for the end."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    async def write(self, data: bytes) -> None:
+        if self._transport is None:
+            raise ConnectionResetError("the stream has ended")
+        try:
+            await self._transport.send_bytes(data)
+        except ProtocolClosed as exc:
+            raise ConnectionResetError("client went away") from exc
+
+    async def close(self, data: bytes = b"") -> None:
+        """Writes the last piece and ends the body."""
+        if data:
+            await self.write(data)
+        self.end()
+
+    def end(self) -> None:
+        self._transport = None
+
+
+Handler = Callable[[Request], Awaitable[Reply | EventStream]]
+ErrorRenderer = Callable[[Request, GatewayError], Reply]
+
+
+class RSGIApp:
+    """Routes by path then method, reads the body under a size limit, and cancels a handler
+    whose client went away (a local model should not keep generating an answer nobody reads)."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Mapping[str, Handler]],
+        render_error: ErrorRenderer,
+        max_body_bytes: int,
+        on_start: Callable[[], Awaitable[None]],
+        on_stop: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.routes = routes
+        self.render_error = render_error
+        self.max_body_bytes = max_body_bytes
+        self.on_start = on_start
+        self.on_stop = on_stop
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        request = Request(scope.method, scope.path, scope.headers, b"", proto)
+        try:
+            handler = self._route(request)
+            request.body = await self._read_body(request, proto)
+            answer = await _cancelled_when_client_leaves(handler(request), proto)
+        except GatewayError as error:
+            answer = self.render_error(request, error)
+        except ConnectionResetError:
+            log.info("client went away on %s %s", request.method, request.path)
+            return
+        except _ClientLeft:
+            log.info("client went away before the answer on %s %s", request.method, request.path)
+            return
+        except Exception:
+            log.exception("unexpected failure on %s %s", request.method, request.path)
+            failure = GatewayError("internal gateway error; see the gateway log")
+            answer = self.render_error(request, failure)
+        finally:
+            if request.stream is not None:
+                request.stream.end()
+        if isinstance(answer, Reply) and request.stream is None:
+            proto.response_bytes(answer.status, answer.headers, answer.body)
+
+    def _route(self, request: Request) -> Handler:
+        methods = self.routes.get(request.path)
+        if methods is None:
+            raise NotFound(f"no route for {request.method} {request.path}")
+        handler = methods.get(request.method)
+        if handler is None:
+            raise MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+        return handler
+
+    async def _read_body(self, request: Request, proto: Any) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_body_bytes:
+                raise self._too_large()
+            body: bytes = await proto()
+            return body
+        pieces, size = [], 0  # chunked: counted as it comes
+        async for piece in proto:
+            size += len(piece)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def _too_large(self) -> RequestTooLarge:
+        limit_mb = self.max_body_bytes / (1024 * 1024)
+        return RequestTooLarge(f"request body is larger than the limit of {limit_mb:g} MB")
+
+
+class _ClientLeft(Exception):
+    pass
+
+
+async def _cancelled_when_client_leaves(
+    answer: Awaitable[Reply | EventStream], proto: Any
+) -> Reply | EventStream:
+    task = asyncio.current_task()
+    assert task is not None
+    watch = asyncio.ensure_future(proto.client_disconnect())
+
+    def cancel_answer(_: object) -> None:
+        task.cancel()
+
+    watch.add_done_callback(cancel_answer)
+    try:
+        return await answer
+    except asyncio.CancelledError:
+        if not watch.done() or watch.cancelled():
+            raise
+        task.uncancel()
+        raise _ClientLeft from None
+    finally:
+        watch.remove_done_callback(cancel_answer)
+        watch.cancel()
+
+
+async def serve(app: RSGIApp, host: str, port: int) -> None:
+    """Serves until SIGINT or SIGTERM. Several processes may serve one port (SO_REUSEPORT)."""
+    server = Server(
+        app,
+        address=host,
+        port=port,
+        interface=Interfaces.RSGI,
+        http=HTTPModes.auto,
+        websockets=False,
+        # The server's own errors go through the gateway's log; its notices do not.
+        log_level=LogLevels.error,
+        log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, server.stop)
+    await app.on_start()
+    try:
+        await server.serve()
+    finally:
+        await app.on_stop()
