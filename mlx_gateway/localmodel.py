@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlx_gateway.tokens import REASONING_FIELDS, Json, content_text
+from mlx_gateway.tokens import REASONING_FIELDS, Json, content_text, tools_as_values
 
 if TYPE_CHECKING:
     from jinja2 import Template
@@ -125,6 +125,8 @@ class ChatTemplate:
 
     def render(self, body: Json) -> str:
         tools = body.get("tools")
+        if tools is not None:
+            tools = tools_as_values(tools)
         template = self.templates.get("tool_use" if tools is not None else "default")
         template = template or self.templates.get("default")
         if template is None:

@@ -180,7 +180,7 @@ async def _cancelled_when_client_leaves(
 ) -> Reply | EventStream:
     task = asyncio.current_task()
     assert task is not None
-    watch = asyncio.ensure_future(proto.client_disconnect())
+    watch = proto.client_disconnect()  # a future already, which ensure_future would only check
 
     def cancel_answer(_: object) -> None:
         task.cancel()

@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from mlx_gateway import anthropic as an
 from mlx_gateway.backends import BackendProfile
 from mlx_gateway.translate import to_openai_request
@@ -75,9 +77,17 @@ def content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def tools_as_values(tools: list[Json]) -> list[Json]:
+    """The tools with their schemas as values: they travel as the client's JSON text
+    (msgspec.Raw), which templates and the estimate cannot read."""
+    decoded: list[Json] = msgspec.json.decode(msgspec.json.encode(tools))
+    return decoded
+
+
 def plain_text(body: Json) -> str:
     """The prompt without any model's template: what the estimate measures."""
-    lines = [json.dumps(body["tools"], ensure_ascii=False)] if body.get("tools") else []
+    tools = body.get("tools")
+    lines = [json.dumps(tools_as_values(tools), ensure_ascii=False)] if tools else []
     for message in body.get("messages", []):
         lines.append(f"<|{message.get('role', '')}|>")
         lines.append(content_text(message.get("content")))

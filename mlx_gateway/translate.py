@@ -7,7 +7,7 @@ No I/O; every function takes what it needs and returns new data.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -202,9 +202,19 @@ def to_openai_messages(
     return converted
 
 
-def _strip_schema(schema: Any, keys: tuple[str, ...]) -> Any:
-    if not keys:
+_NO_PARAMETERS = msgspec.Raw(b'{"type":"object","properties":{}}')
+
+
+def _parameters(schema: msgspec.Raw, keys_to_strip: tuple[str, ...]) -> msgspec.Raw | Json:
+    """The schema as the client wrote it, unless the backend needs keys removed."""
+    if len(schema) == 0 or (len(schema) == 4 and bytes(schema) == b"null"):
+        return _NO_PARAMETERS
+    if not keys_to_strip:
         return schema
+    return cast(Json, _strip_schema(_any_decoder.decode(schema), keys_to_strip))
+
+
+def _strip_schema(schema: Any, keys: tuple[str, ...]) -> Any:
     if isinstance(schema, dict):
         return {k: _strip_schema(v, keys) for k, v in schema.items() if k not in keys}
     if isinstance(schema, list):
@@ -248,10 +258,9 @@ def to_openai_tools(
     for tool in tools:
         if not is_forwardable_tool(tool, loaded or set()):
             continue
-        schema = tool.input_schema or {"type": "object", "properties": {}}
         function: Json = {
             "name": tool.name,
-            "parameters": _strip_schema(schema, profile.schema_keys_to_strip),
+            "parameters": _parameters(tool.input_schema, profile.schema_keys_to_strip),
         }
         if tool.description:
             function["description"] = tool.description

@@ -98,6 +98,16 @@ ERROR_CASES: list[tuple[str, Any, str]] = [
     ),
     ("tool name missing", body(tools=[{"description": "x"}]), "tools.0.name: Field required"),
     (
+        "tool schema an array",
+        body(tools=[{"name": "a"}, {"name": "b", "input_schema": [1]}]),
+        "tools.1.input_schema: Expected `object | null`, got `array`",
+    ),
+    (
+        "tool schema a string",
+        body(tools=[{"name": "a", "input_schema": "{}"}]),
+        "tools.0.input_schema: Expected `object | null`, got `str`",
+    ),
+    (
         "tool_choice type",
         body(tool_choice={"type": "sometimes"}),
         "tool_choice.type: Invalid enum value 'sometimes'",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -132,7 +133,8 @@ def mlx_server_count(wrapper: Any, body: dict[str, Any]) -> int:
     """The prompt length as mlx_lm.server computes it (server.py, `_tokenize` for chat)."""
     from mlx_lm.server import process_message_content
 
-    messages = copy.deepcopy(body["messages"])
+    body = json.loads(msgspec.json.encode(body))  # what the server reads off the wire
+    messages = body["messages"]
     process_message_content(messages)
     kwargs = dict(body.get("chat_template_kwargs") or {})
     prompt = wrapper.apply_chat_template(

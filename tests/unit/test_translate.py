@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from mlx_gateway.answer import to_anthropic_message
@@ -455,10 +456,12 @@ def body_of(
     max_tokens: int | None = None,
     **fields: Any,
 ) -> Json:
-    return to_openai_request(
+    body = to_openai_request(
         request(**fields), model="local/model", profile=profile, stream=stream,
         max_tokens=max_tokens,
     )
+    wire: Json = msgspec.json.decode(msgspec.json.encode(body))  # as the backend reads it
+    return wire
 
 
 def test_minimal_request() -> None:
@@ -588,6 +591,25 @@ TOOL_CASES: list[tuple[str, list[Json], list[Json]]] = [
 )
 def test_tools(tools: list[Json], expected: list[Json]) -> None:
     assert body_of(tools=tools)["tools"] == expected
+
+
+def test_schema_goes_to_the_backend_byte_for_byte() -> None:
+    schema = b'{ "type":"object",  "properties":{"q":{"description":"caf\\u00e9 \xc3\xa9"}}}'
+    raw = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],' + (
+        b'"tools":[{"name":"find","input_schema":' + schema + b"}]}"
+    )
+    body = to_openai_request(
+        decode_messages_request(raw), model="m", profile=MLX, stream=False
+    )
+    sent = msgspec.json.encode(body)
+    assert b'"parameters":' + schema in sent
+    assert json.loads(sent)["tools"][0]["function"]["parameters"] == json.loads(schema)
+
+
+@pytest.mark.parametrize("given", [{}, {"input_schema": None}])
+def test_tool_without_schema_takes_no_parameters(given: Json) -> None:
+    [tool] = body_of(tools=[{"name": "now", **given}])["tools"]
+    assert tool["function"]["parameters"] == {"type": "object", "properties": {}}
 
 
 def test_only_unforwardable_tools_send_no_tools_and_no_choice() -> None:
