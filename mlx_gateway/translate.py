@@ -7,7 +7,7 @@ No I/O; every function takes what it needs and returns new data.
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import msgspec
 
@@ -112,17 +112,24 @@ def _add_part(parts: _Parts, block: Any) -> None:
         parts.text(f"Tool loaded: {block.tool_name}")
 
 
+def _only_text(parts: list[an.ToolResultPart]) -> TypeGuard[list[an.TextBlock]]:
+    return all(type(part) is an.TextBlock for part in parts)
+
+
 def _tool_result_message(block: an.ToolResultBlock, images: _Parts) -> Json:
-    if isinstance(block.content, list):
+    content = block.content
+    if isinstance(content, list) and _only_text(content):  # the common case, made short
+        text = "\n".join([part.text for part in content if part.text])
+    elif isinstance(content, list):
         texts = _Parts()
-        for part in block.content:
+        for part in content:
             if isinstance(part, an.ImageBlock):
                 images.image(_image_url(part))
             else:
                 _add_part(texts, part)
         text = "\n".join(item["text"] for item in texts.items)
     else:
-        text = block.content or ""
+        text = content or ""
     if block.is_error:
         text = TOOL_ERROR_MARK + text
     return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
@@ -140,8 +147,9 @@ def _user_messages(blocks: list[an.ContentBlock], call_order: dict[str, int]) ->
             tool_messages.append(_tool_result_message(block, parts))
         else:
             _add_part(parts, block)
-    unknown = len(call_order)
-    tool_messages.sort(key=lambda message: call_order.get(message["tool_call_id"], unknown))
+    if len(tool_messages) > 1:
+        unknown = len(call_order)
+        tool_messages.sort(key=lambda message: call_order.get(message["tool_call_id"], unknown))
     if parts:
         tool_messages.append({"role": "user", "content": parts.content()})
     return tool_messages
@@ -324,7 +332,10 @@ def _copy_sampling(request: an.MessagesRequest, body: Json, profile: BackendProf
 def _copy_tools(request: an.MessagesRequest, body: Json, profile: BackendProfile) -> None:
     if not request.tools:
         return
-    tools = to_openai_tools(request.tools, profile, loaded_tool_names(request.messages))
+    # Only deferred tools need the conversation searched for the ones a tool search loaded.
+    deferred = any(tool.defer_loading for tool in request.tools)
+    loaded = loaded_tool_names(request.messages) if deferred else set()
+    tools = to_openai_tools(request.tools, profile, loaded)
     if not tools:
         return
     body["tools"] = tools

@@ -331,6 +331,14 @@ TOOL_RESULT_CASES: list[tuple[str, list[Json], list[Json]]] = [
         [tool_msg("t1", "A1\nA2"), tool_msg("t2", "B")],
     ),
     (
+        "empty text blocks skipped, with or without other parts",
+        [
+            tool_result("t1", [text("A1"), text(""), text("A2")]),
+            tool_result("t2", [text(""), {"type": "tool_reference", "tool_name": "x"}, text("B")]),
+        ],
+        [tool_msg("t1", "A1\nA2"), tool_msg("t2", "Tool loaded: x\nB")],
+    ),
+    (
         "no content",
         [tool_result("t1"), tool_result("t2", "")],
         [tool_msg("t1", ""), tool_msg("t2", "")],
