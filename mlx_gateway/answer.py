@@ -8,6 +8,8 @@ text, the most common answer, is written directly.
 
 from __future__ import annotations
 
+import msgspec
+
 from mlx_gateway.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -21,6 +23,8 @@ from mlx_gateway.openai import (
 from mlx_gateway.stream import Event, StreamTranslator
 from mlx_gateway.think import opened_by_prompt
 from mlx_gateway.translate import anthropic_stop_reason, parse_tool_arguments, usage_to_anthropic
+
+_text_decoder = msgspec.json.Decoder(str)
 
 
 def assemble_message(events: list[Event]) -> Event:
@@ -51,7 +55,8 @@ def _apply_delta(
 ) -> None:
     kind = delta["type"]
     if kind == "text_delta":
-        block["text"] += delta["text"]
+        text = delta["text"]  # still JSON when it came from a run the gateway did not decode
+        block["text"] += text if isinstance(text, str) else _text_decoder.decode(text)
     elif kind == "thinking_delta":
         block["thinking"] += delta["thinking"]
     elif kind == "signature_delta":

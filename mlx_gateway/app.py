@@ -28,7 +28,8 @@ from mlx_gateway.openai import (
 )
 from mlx_gateway.server import EventStream, Handler, Headers, Reply, Request, RSGIApp
 from mlx_gateway.sse import DONE, DataRun, SSEDecoder, SSEEvent, encode_data, encode_event
-from mlx_gateway.stream import PING, Event, StreamTranslator
+from mlx_gateway.stream import PING, Event, StreamTranslator, plain_text
+from mlx_gateway.textruns import TextTemplate
 from mlx_gateway.tokens import count_request
 from mlx_gateway.translate import gateway_watches_stops, to_openai_request
 from mlx_gateway.upstream import Upstream
@@ -233,32 +234,83 @@ async def translated_batches(
 ) -> AsyncIterator[list[Event]]:
     """The events for each piece of backend bytes, in order; ends early once the translator saw
     a stop sequence (leaving the caller's block then closes the backend request)."""
-    decoder = SSEDecoder()
+    reader = ChunkReader(translator)
     async for piece in pieces:
-        yield translate_sse(decoder.feed_runs(piece), translator)
+        yield reader.feed(piece)
         if translator.stopped:
             return
-    yield translate_sse(decoder.flush(), translator)
+    yield reader.flush()
 
 
-def translate_sse(items: Sequence[SSEEvent | DataRun], translator: StreamTranslator) -> list[Event]:
-    """Chunks that came in one read are decoded and translated together (see feed_batch); a
-    keepalive comment among them becomes a ping in its place."""
-    events: list[Event] = []
-    chunks: list[ChatCompletionChunk] = []
-    for item in items:
-        if isinstance(item, DataRun):
-            chunks += run_chunks(item)
-        elif item.comment is not None:
-            if chunks:
-                events += translator.feed_batch(chunks)
-                chunks = []
-            events.append(PING)
-        elif is_chunk_data(item.data):
-            chunks.append(decode_chunk(item.data))
-    if chunks:
-        events += translator.feed_batch(chunks)
-    return events
+class ChunkReader:
+    """One backend stream's bytes to the translator's events, read by read. Chunks that came
+    in one read are decoded and translated together (see feed_batch); a keepalive comment
+    among them becomes a ping in its place; runs of plain text that fit the stream's template
+    are not decoded at all (textruns.py)."""
+
+    __slots__ = ("_decoder", "_template", "_translator")
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self._translator = translator
+        self._decoder = SSEDecoder()
+        self._template: TextTemplate | None = None
+
+    def feed(self, piece: bytes) -> list[Event]:
+        return self._translate(self._decoder.feed_runs(piece))
+
+    def flush(self) -> list[Event]:
+        return self._translate(self._decoder.flush())
+
+    def _translate(self, items: Sequence[SSEEvent | DataRun]) -> list[Event]:
+        events: list[Event] = []
+        chunks: list[ChatCompletionChunk] = []
+        for item in items:
+            if isinstance(item, DataRun):
+                self._run(item, chunks, events)
+            elif item.comment is not None:
+                self._feed_chunks(chunks, events)
+                events.append(PING)
+            elif is_chunk_data(item.data):
+                chunks.append(decode_chunk(item.data))
+        self._feed_chunks(chunks, events)
+        return events
+
+    def _feed_chunks(self, chunks: list[ChatCompletionChunk], events: list[Event]) -> None:
+        if chunks:
+            events += self._translator.feed_batch(chunks)
+            chunks.clear()
+
+    def _run(self, run: DataRun, chunks: list[ChatCompletionChunk], events: list[Event]) -> None:
+        """Leading events that fit the template go out undecoded; when the first does not, it is
+        decoded alone and, if it is plain text, becomes the template for the rest. A template
+        that does not fit the event right after the one it was learned from is not tried
+        again in this run: some servers change their envelope with every chunk."""
+        learned_here = False
+        while True:
+            text = self._template.split(run.raw, run.count) if self._template else None
+            if text is not None:
+                self._feed_chunks(chunks, events)
+                translated = self._translator.feed_escaped_text(text)
+                if translated is None:
+                    break
+                events += translated
+                if not text.rest_count:
+                    return
+                run, learned_here = DataRun(text.rest, text.rest_count, run.id), False
+                continue
+            if learned_here or run.count == 1:
+                break
+            first, run = run.split_first()
+            if not first or first == b"[DONE]":
+                break
+            chunk = decode_chunk(first)
+            chunks.append(chunk)
+            content = plain_text(chunk)
+            template = TextTemplate.learn(first, content) if content else None
+            if template is None:
+                break
+            self._template, learned_here = template, True
+        chunks += run_chunks(run)
 
 
 def run_chunks(run: DataRun) -> list[ChatCompletionChunk]:

@@ -76,6 +76,11 @@ class DataRun:
         # The run holds no line breaks but the ones between events (see feed_runs).
         return self.raw[6:-2].replace(b"\n\ndata: ", separator)
 
+    def split_first(self) -> tuple[bytes, DataRun]:
+        """The first event's payload and the run of the others (there must be others)."""
+        end = self.raw.find(b"\n\n")
+        return self.raw[6:end], DataRun(self.raw[end + 2 :], self.count - 1, self.id)
+
     def events(self) -> list[SSEEvent]:
         payloads = self.raw[6:-2].split(b"\n\ndata: ")
         return [SSEEvent(None, payload.decode("utf-8", "replace"), self.id) for payload in payloads]

@@ -21,11 +21,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
+
 from mlx_gateway.errors import GatewayError
 from mlx_gateway.openai import ChatCompletionChunk, ToolCall, Usage
 from mlx_gateway.partialjson import closing_suffix, is_json_object
 from mlx_gateway.stops import StopSequenceCutter
 from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
+from mlx_gateway.textruns import TextRun
 from mlx_gateway.think import ThinkSplitter
 from mlx_gateway.translate import (
     anthropic_stop_reason,
@@ -157,6 +160,22 @@ class StreamTranslator:
                 events += self.feed(chunk)
         if run:
             self._emit_run(run_kind, run, events)
+        return events
+
+    def feed_escaped_text(self, run: TextRun) -> list[Event] | None:
+        """A run of plain text chunks whose texts are still JSON-escaped (textruns.py): what
+        feed_batch gives for them, one delta carrying the texts as they came. None when plain
+        text may not skip the layers now, or the texts hold a ``<``: the caller decodes them."""
+        escaped = run.escaped
+        if not self._plain or b"<" in escaped or b"\\u003c" in escaped or b"\\u003C" in escaped:
+            return None
+        events: list[Event] = []
+        if escaped:
+            self._output_pieces += run.pieces
+            if self._open_kind != "text":
+                self._open("text", {"type": "text", "text": ""}, events)
+            text = msgspec.Raw(b'"' + escaped + b'"')
+            events.append(self._delta({"type": "text_delta", "text": text}))
         return events
 
     def _simple_piece(self, chunk: ChatCompletionChunk) -> tuple[str, str]:
@@ -365,3 +384,16 @@ class StreamTranslator:
             stop_sequences=self._stop_sequences,
             backend_stop=self._vllm_stop,
         )
+
+
+def plain_text(chunk: ChatCompletionChunk) -> str:
+    """The text of a chunk that carries text and nothing else; "" for any other chunk."""
+    if chunk.usage is not None or len(chunk.choices) != 1:
+        return ""
+    choice = chunk.choices[0]
+    delta = choice.delta
+    if choice.finish_reason is not None or delta.tool_calls:
+        return ""
+    if delta.reasoning_content or delta.reasoning:
+        return ""
+    return delta.content or ""

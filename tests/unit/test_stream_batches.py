@@ -8,16 +8,17 @@ import json
 from itertools import pairwise
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gateway.app import translate_sse
+from mlx_gateway.answer import assemble_message
+from mlx_gateway.app import ChunkReader, encode_events
 from mlx_gateway.errors import BadBackendResponse
 from mlx_gateway.openai import ChatCompletionChunk
-from mlx_gateway.sse import SSEDecoder
 from mlx_gateway.stream import PING, StreamTranslator
-from tests.support.anthropic_stream import accumulate, assert_well_formed
+from tests.support.anthropic_stream import accumulate, assert_well_formed, parse_sse
 from tests.unit.test_stream import (
     chunk,
     chunkings,
@@ -175,13 +176,14 @@ def wire_chunk(content: str) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
 
 
-def translate_reads(*reads: bytes) -> list[Event]:
-    stream: StreamTranslator = translator()
-    decoder = SSEDecoder()
+def translate_reads(*reads: bytes, **options: Any) -> list[Event]:
+    """The events for backend bytes that came in these reads, as the client reads them."""
+    stream: StreamTranslator = translator(**options)
+    reader = ChunkReader(stream)
     events = stream.start()
     for read in reads:
-        events += translate_sse(decoder.feed_runs(read), stream)
-    return events + translate_sse(decoder.flush(), stream) + stream.finish()
+        events += reader.feed(read)
+    return parse_sse(encode_events([*events, *reader.flush(), *stream.finish()]))
 
 
 def test_a_read_ending_with_done_is_translated_whole() -> None:
@@ -211,3 +213,61 @@ def test_a_bad_chunk_in_a_run_is_named(bad: bytes) -> None:
     reads = (sse(wire_chunk("")), sse(wire_chunk("a"), bad, wire_chunk("b")))
     with pytest.raises(BadBackendResponse, match="not a chat completion chunk"):
         translate_reads(*reads)
+
+
+# ---- runs of plain text that fit the stream's template (textruns.py) --------------------------
+
+
+def test_a_run_that_fits_the_template_is_one_delta_as_it_came() -> None:
+    texts = ["Hel", "lo", ' "wor', "ld\\", "\n", "\u00e9", "", "!"]
+    first = sse(wire_chunk(""))
+    reads = (sse(*[wire_chunk(t) for t in texts[:2]]), sse(*[wire_chunk(t) for t in texts[2:]]))
+    events = translate_reads(first, *reads)
+    assert deltas(events, "text_delta") == ["Hel", "lo", ' "world\\\n\u00e9!']
+    assert accumulate(events)["usage"]["output_tokens"] == 7
+
+
+def test_escaped_angle_brackets_take_the_decoding_path() -> None:
+    """Some servers write < as \\u003c: the tag checks must still see it."""
+    calls = sse(wire_chunk("a"), wire_chunk('{"name": "f", "arguments": {}}</tool_call>'))
+    body = sse(wire_chunk("Hi"), wire_chunk(" there"), wire_chunk("<tool_call>")) + calls
+    escaped = body.replace(b"<", b"\\u003c")
+    message = accumulate(translate_reads(sse(wire_chunk("")), escaped))
+    assert message == accumulate(translate_reads(sse(wire_chunk("")), body))
+    assert [block["type"] for block in message["content"]] == ["text", "tool_use"]
+
+
+def encoders() -> st.SearchStrategy[Any]:
+    """How servers write JSON: compact or spaced, raw UTF-8 or \\u escapes, < escaped or not."""
+    compact = st.just(lambda value: json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    spaced = st.just(json.dumps)
+    go_like = st.just(lambda value: json.dumps(value).replace("<", "\\u003c"))
+    return compact | spaced | go_like
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_bytes_and_reads_give_the_same_message_as_one_by_one(data: st.DataObject) -> None:
+    chunks = data.draw(mixed_streams())
+    encode = data.draw(encoders())
+    body = b"".join(
+        b"data: " + encode(msgspec.to_builtins(item)).encode() + b"\n\n" for item in chunks
+    )
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=8)))
+    reads = [body[a:b] for a, b in pairwise([0, *cuts, len(body)])]
+    options: dict[str, Any] = data.draw(
+        st.sampled_from([{}, {"starts_in_reasoning": True}, {"stop_sequences": ["y\n"]}])
+    )
+    events = translate_reads(*reads, **options)
+    assert_well_formed(events)
+    assert accumulate(events) == accumulate(one_by_one(chunks, **options))
+
+
+def test_a_whole_answer_is_assembled_from_texts_that_were_not_decoded() -> None:
+    stream = translator()
+    reader = ChunkReader(stream)
+    events = stream.start() + reader.feed(sse(wire_chunk("")))
+    events += reader.feed(sse(wire_chunk("a"), wire_chunk('"b'), wire_chunk("c\u00e9")))
+    events += reader.flush() + stream.finish()
+    assert any(isinstance(e.get("delta", {}).get("text"), msgspec.Raw) for e in events)
+    assert assemble_message(events)["content"] == [{"type": "text", "text": 'a"bc\u00e9'}]

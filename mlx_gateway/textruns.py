@@ -1,0 +1,129 @@
+"""Runs of plain text chunks, read without decoding them.
+
+A backend wraps every token of an answer in the same envelope; only the text changes:
+
+    data: {"id":"c1","object":"chat.completion.chunk",...,"delta":{"content":"Hel"},...}\n\n
+
+Once one such chunk has been decoded and found to be plain text, its bytes before and after the
+text are the stream's template. A read whose events all have that template is cut apart with
+two byte searches, and the texts, still JSON-escaped, can go out in one Anthropic delta as they
+came: no JSON is decoded or encoded for them. Each text is checked to be a valid JSON string
+body (and the whole UTF-8); anything else (another envelope, a finish reason, usage, a tool
+call, a text that would need its quotes checked) takes the decoding path, which stays the
+reference: both give the same events.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+# The one place a plain text chunk carries its text; a key only, never inside a JSON string
+# (there every quote is escaped).
+_CONTENT_KEY = re.compile(rb'"content"\s*:\s*"')
+# A JSON string's body: no bare quote, backslash or control character; only valid escapes.
+# Written so that the engine loops once per escape, not once per character.
+_PLAIN = rb'[^"\\\x00-\x1f]*'
+_BODY = _PLAIN + rb'(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})' + _PLAIN + b")*"
+_BODY_THEN_QUOTE = re.compile(_BODY + b'"')
+# Bodies joined by NUL, which no body may contain, so that each is checked on its own.
+_BODIES = re.compile(_BODY + b"(?:\x00" + _BODY + b")*")
+_str_decoder = msgspec.json.Decoder(str)
+_EVENT_START = b"data: "
+_EVENT_END = b"\n\n"
+_BOUNDARY = _EVENT_END + _EVENT_START
+_CONTROL = bytes(range(32))
+
+
+class TextRun:
+    """What a read's leading template events carry, and the events after them."""
+
+    __slots__ = ("escaped", "pieces", "rest", "rest_count")
+
+    def __init__(self, escaped: bytes, pieces: int, rest: bytes, rest_count: int) -> None:
+        self.escaped = escaped  # the texts joined, as a JSON string body
+        self.pieces = pieces  # how many of them were not empty
+        self.rest = rest  # the events after the run (`data: ...\n\n` each), maybe none
+        self.rest_count = rest_count
+
+
+class TextTemplate:
+    """The envelope of a stream's plain text chunks (see the module docstring)."""
+
+    __slots__ = ("_after", "_before", "_frame", "_head", "_joiner", "_tail")
+
+    def __init__(self, before: bytes, after: bytes) -> None:
+        self._before = before
+        self._after = after
+        self._frame = len(before) + len(after)
+        self._head = _EVENT_START + before
+        self._tail = after + _EVENT_END
+        self._joiner = self._tail + self._head  # between two bodies
+
+    @classmethod
+    def learn(cls, data: bytes, text: str) -> TextTemplate | None:
+        """The template of one event's data, if its only `"content"` key holds `text`."""
+        keys = list(_CONTENT_KEY.finditer(data))
+        if len(keys) != 1:
+            return None
+        start = keys[0].end()
+        body = _BODY_THEN_QUOTE.match(data, start)
+        if body is None:
+            return None
+        end = body.end() - 1
+        try:
+            if _str_decoder.decode(data[start - 1 : end + 1]) != text:
+                return None
+        except msgspec.DecodeError:
+            return None
+        return cls(data[:start], data[end:])
+
+    def split(self, run: bytes, count: int) -> TextRun | None:
+        """The events of `run` (`count` one-line data events, as a DataRun holds them) that fit
+        the template, when only events at its end do not (a finish, usage, the end marker);
+        None otherwise."""
+        # Split at the short event boundary: CPython searches for a long separator with an
+        # algorithm whose set-up it repeats for every piece.
+        payloads = run.split(_BOUNDARY)
+        payloads[0] = payloads[0][len(_EVENT_START) :]
+        payloads[-1] = payloads[-1][: -len(_EVENT_END)]
+        taken = len(payloads)
+        while taken and not self._fits(payloads[taken - 1]):  # the run's end: finish, usage...
+            taken -= 1
+        if not taken:
+            return None
+        start, end = len(self._before), -len(self._after)
+        bodies = [payload[start:end] for payload in payloads[:taken]]
+        # One comparison instead of a check per event: the events rebuilt from the bodies
+        # must be the bytes that came.
+        frame = len(_EVENT_START) + self._frame + len(_EVENT_END)
+        escaped = b"".join(bodies)
+        size = taken * frame + len(escaped)
+        if not run.startswith(self._head + self._joiner.join(bodies) + self._tail):
+            return None
+        if not _plain_bodies(escaped) and not _BODIES.fullmatch(b"\x00".join(bodies)):
+            return None
+        if not escaped.isascii():
+            try:
+                escaped.decode()
+            except UnicodeDecodeError:
+                return None
+        return TextRun(escaped, taken - bodies.count(b""), run[size:], count - taken)
+
+    def _fits(self, payload: bytes) -> bool:
+        return (
+            len(payload) >= self._frame
+            and payload.startswith(self._before)
+            and payload.endswith(self._after)
+        )
+
+
+def _plain_bodies(escaped: bytes) -> bool:
+    """Bodies without quotes, backslashes or control characters are valid, whatever their
+    boundaries: checked at C speed before the exact, slower pattern."""
+    return (
+        b'"' not in escaped
+        and b"\\" not in escaped
+        and len(escaped.translate(None, _CONTROL)) == len(escaped)
+    )
