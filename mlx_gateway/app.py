@@ -248,10 +248,13 @@ class ChunkReader:
     among them becomes a ping in its place; runs of plain text that fit the stream's template
     are not decoded at all (textruns.py)."""
 
-    __slots__ = ("_decoder", "_template", "_translator")
+    __slots__ = ("_decoder", "_learn_from", "_template", "_translator")
 
-    def __init__(self, translator: StreamTranslator) -> None:
+    def __init__(self, translator: StreamTranslator, learn_from: int = 8) -> None:
+        """`learn_from`: the shortest run a template is learned from (learning costs about
+        what decoding eight chunks does)."""
         self._translator = translator
+        self._learn_from = learn_from
         self._decoder = SSEDecoder()
         self._template: TextTemplate | None = None
 
@@ -281,8 +284,9 @@ class ChunkReader:
             chunks.clear()
 
     def _run(self, run: DataRun, chunks: list[ChatCompletionChunk], events: list[Event]) -> None:
-        """Leading events that fit the template go out undecoded; when the first does not, it is
-        decoded alone and, if it is plain text, becomes the template for the rest. A template
+        """Leading events that fit the template go out undecoded; when the first does not (and
+        the run is long enough to repay it), it is decoded alone and, if it is plain text,
+        becomes the template for the rest. A template
         that does not fit the event right after the one it was learned from is not tried
         again in this run: some servers change their envelope with every chunk."""
         learned_here = False
@@ -298,7 +302,7 @@ class ChunkReader:
                     return
                 run, learned_here = DataRun(text.rest, text.rest_count, run.id), False
                 continue
-            if learned_here or run.count == 1:
+            if learned_here or run.count < self._learn_from:
                 break
             first, run = run.split_first()
             if not first or first == b"[DONE]":

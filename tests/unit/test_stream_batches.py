@@ -176,10 +176,11 @@ def wire_chunk(content: str) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
 
 
-def translate_reads(*reads: bytes, **options: Any) -> list[Event]:
-    """The events for backend bytes that came in these reads, as the client reads them."""
+def translate_reads(*reads: bytes, learn_from: int = 2, **options: Any) -> list[Event]:
+    """The events for backend bytes that came in these reads, as the client reads them;
+    templates are learned from short runs too, so that tests reach that path."""
     stream: StreamTranslator = translator(**options)
-    reader = ChunkReader(stream)
+    reader = ChunkReader(stream, learn_from)
     events = stream.start()
     for read in reads:
         events += reader.feed(read)
@@ -265,9 +266,19 @@ def test_any_bytes_and_reads_give_the_same_message_as_one_by_one(data: st.DataOb
 
 def test_a_whole_answer_is_assembled_from_texts_that_were_not_decoded() -> None:
     stream = translator()
-    reader = ChunkReader(stream)
+    reader = ChunkReader(stream, learn_from=2)
     events = stream.start() + reader.feed(sse(wire_chunk("")))
     events += reader.feed(sse(wire_chunk("a"), wire_chunk('"b'), wire_chunk("c\u00e9")))
     events += reader.flush() + stream.finish()
     assert any(isinstance(e.get("delta", {}).get("text"), msgspec.Raw) for e in events)
     assert assemble_message(events)["content"] == [{"type": "text", "text": 'a"bc\u00e9'}]
+
+
+@pytest.mark.parametrize("count", [7, 8])
+def test_no_template_is_learned_from_a_run_too_short_to_repay_it(count: int) -> None:
+    """Decoded, a run of text is one delta; with a template learned from its first chunk, that
+    chunk is one and the rest, not decoded, another."""
+    texts = [f"t{index}" for index in range(count)]
+    events = translate_reads(sse(wire_chunk("Hi")), sse(*map(wire_chunk, texts)), learn_from=8)
+    learned = ["t0", "".join(texts[1:])]
+    assert deltas(events, "text_delta") == ["Hi", *(learned if count == 8 else ["".join(texts)])]
