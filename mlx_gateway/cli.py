@@ -8,6 +8,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -112,6 +113,18 @@ def serve_workers(config: Config) -> None:
             worker.join(timeout=10)
 
 
+def claim_port(host: str, port: int) -> None:
+    """Fails with OSError when something already listens on host:port. granian binds with
+    SO_REUSEPORT (so that `--workers` can share a port), which would let a second gateway on
+    the same port silently take half of the first one's traffic; an exclusive bind tried first
+    refuses that as any server would."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        # Connections of an earlier run in TIME_WAIT must not stop a restart.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+
+
 def parse_config(argv: Sequence[str]) -> Config:
     args = build_parser().parse_args(argv)
     flags = {name: value for name, value in vars(args).items() if name != "config"}
@@ -129,6 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if code_command is not None:
         return run_code(config, gateway_argv, code_command[1])
+    try:
+        claim_port(config.host, config.port)
+    except OSError as exc:
+        print(
+            f"mlx-gateway: error: cannot listen on {config.host}:{config.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     if config.workers > 1:
         serve_workers(config)
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,3 +48,16 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_second_gateway_on_a_taken_port_refuses_to_start(
+    scripted_backend: ScriptedBackend, start_gateway: StartGateway
+) -> None:
+    """Workers share a port, but a second gateway must not silently take half the traffic."""
+    gateway = start_gateway(scripted_backend.url)
+    command = [sys.executable, "-m", "mlx_gateway", "--port", str(gateway.port)]
+    second = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert second.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{gateway.port}" in second.stderr
+    assert "in use" in second.stderr
+    assert httpx.get(f"{gateway.url}/health", timeout=5).status_code == 200
