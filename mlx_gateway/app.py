@@ -286,9 +286,9 @@ class ChunkReader:
     def _run(self, run: DataRun, chunks: list[ChatCompletionChunk], events: list[Event]) -> None:
         """Leading events that fit the template go out undecoded; when the first does not (and
         the run is long enough to repay it), it is decoded alone and, if it is plain text,
-        becomes the template for the rest. A template
-        that does not fit the event right after the one it was learned from is not tried
-        again in this run: some servers change their envelope with every chunk."""
+        becomes the template for the rest. A template that does not fit the event right after
+        the one it was learned from is not tried again in this run: some servers change their
+        envelope with every chunk."""
         learned_here = False
         while True:
             text = self._template.split(run.raw, run.count) if self._template else None

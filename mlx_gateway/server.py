@@ -36,6 +36,8 @@ class HeaderView(Protocol):
 
 
 class Request:
+    """What a handler sees of a request; `stream` is set once it starts a streamed answer."""
+
     __slots__ = ("_proto", "body", "headers", "method", "path", "stream")
 
     def __init__(self, method: str, path: str, headers: HeaderView, body: bytes, proto: Any):
@@ -172,12 +174,14 @@ class RSGIApp:
 
 
 class _ClientLeft(Exception):
-    pass
+    """The client closed its connection before its answer was complete."""
 
 
 async def _cancelled_when_client_leaves(
     answer: Awaitable[Reply | EventStream], proto: Any
 ) -> Reply | EventStream:
+    """Awaits the handler; if the client disconnects first, the handler is cancelled where it
+    waits (which closes its backend request) and _ClientLeft is raised instead."""
     task = asyncio.current_task()
     assert task is not None
     watch = proto.client_disconnect()  # a future already, which ensure_future would only check
@@ -199,7 +203,8 @@ async def _cancelled_when_client_leaves(
 
 
 async def serve(app: RSGIApp, host: str, port: int) -> None:
-    """Serves until SIGINT or SIGTERM. Several processes may serve one port (SO_REUSEPORT)."""
+    """Serves until SIGINT or SIGTERM. granian binds with SO_REUSEPORT, so `--workers`
+    processes share the port; cli.claim_port keeps a lone gateway's port its own."""
     server = Server(
         app,
         address=host,
