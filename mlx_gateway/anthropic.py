@@ -122,12 +122,14 @@ class Tool(msgspec.Struct, gc=False):
     name: str
     type: str | None = None
     description: str | None = None
-    input_schema: msgspec.Raw = msgspec.Raw()  # empty when absent
+    input_schema: msgspec.Raw = msgspec.Raw()  # empty when absent or null
     defer_loading: bool = False
 
     def __post_init__(self) -> None:
         first = bytes(memoryview(self.input_schema)[:1])
-        if first not in (b"", b"{", b"n"):  # n: null, the only JSON value that starts so
+        if first == b"n":  # null, the only JSON value that starts so
+            self.input_schema = msgspec.Raw()
+        elif first not in (b"", b"{"):
             got = _JSON_KINDS.get(first, "number")
             raise ValueError(f"input_schema: Expected `object | null`, got `{got}`")
 

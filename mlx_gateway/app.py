@@ -26,7 +26,15 @@ from mlx_gateway.openai import (
     raw_json,
     read_chat_request,
 )
-from mlx_gateway.server import EventStream, Handler, Headers, Reply, Request, RSGIApp
+from mlx_gateway.server import (
+    JSON_HEADERS,
+    EventStream,
+    Handler,
+    Headers,
+    Reply,
+    Request,
+    RSGIApp,
+)
 from mlx_gateway.sse import DONE, DataRun, SSEDecoder, SSEEvent, encode_data, encode_event
 from mlx_gateway.stream import PING, Event, StreamTranslator, plain_text
 from mlx_gateway.textruns import TextTemplate
@@ -291,16 +299,16 @@ class ChunkReader:
         envelope with every chunk."""
         learned_here = False
         while True:
-            text = self._template.split(run.raw, run.count) if self._template else None
+            text = self._template.split(run) if self._template else None
             if text is not None:
                 self._feed_chunks(chunks, events)
                 translated = self._translator.feed_escaped_text(text)
                 if translated is None:
                     break
                 events += translated
-                if not text.rest_count:
+                if text.rest is None:
                     return
-                run, learned_here = DataRun(text.rest, text.rest_count, run.id), False
+                run, learned_here = text.rest, False
                 continue
             if learned_here or run.count < self._learn_from:
                 break
@@ -373,8 +381,7 @@ def error_reply(request: Request, error: GatewayError) -> Reply:
     log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
     body = anthropic_error_body(error) if speaks_anthropic(request) else openai_error_body(error)
     retry = "true" if error.retryable else "false"
-    headers = [("content-type", "application/json"), ("x-should-retry", retry)]
-    return Reply(_json.encode(body), error.status, headers)
+    return Reply(_json.encode(body), error.status, [*JSON_HEADERS, ("x-should-retry", retry)])
 
 
 def create_app(config: Config) -> RSGIApp:

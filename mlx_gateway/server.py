@@ -128,11 +128,8 @@ class RSGIApp:
             answer = await _cancelled_when_client_leaves(handler(request), proto)
         except GatewayError as error:
             answer = self.render_error(request, error)
-        except ConnectionResetError:
-            log.info("client went away on %s %s", request.method, request.path)
-            return
-        except _ClientLeft:
-            log.info("client went away before the answer on %s %s", request.method, request.path)
+        except ConnectionResetError as gone:
+            log.info("%s on %s %s", gone, request.method, request.path)
             return
         except Exception:
             log.exception("unexpected failure on %s %s", request.method, request.path)
@@ -173,15 +170,11 @@ class RSGIApp:
         return RequestTooLarge(f"request body is larger than the limit of {limit_mb:g} MB")
 
 
-class _ClientLeft(Exception):
-    """The client closed its connection before its answer was complete."""
-
-
 async def _cancelled_when_client_leaves(
     answer: Awaitable[Reply | EventStream], proto: Any
 ) -> Reply | EventStream:
     """Awaits the handler; if the client disconnects first, the handler is cancelled where it
-    waits (which closes its backend request) and _ClientLeft is raised instead."""
+    waits (which closes its backend request) and ConnectionResetError is raised instead."""
     task = asyncio.current_task()
     assert task is not None
     watch = proto.client_disconnect()  # a future already, which ensure_future would only check
@@ -196,7 +189,7 @@ async def _cancelled_when_client_leaves(
         if not watch.done() or watch.cancelled():
             raise
         task.uncancel()
-        raise _ClientLeft from None
+        raise ConnectionResetError("client went away before the answer") from None
     finally:
         watch.remove_done_callback(cancel_answer)
         watch.cancel()

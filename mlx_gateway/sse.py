@@ -81,9 +81,17 @@ class DataRun:
         end = self.raw.find(b"\n\n")
         return self.raw[6:end], DataRun(self.raw[end + 2 :], self.count - 1, self.id)
 
+    def payloads(self) -> list[bytes]:
+        """Each event's data, in order."""
+        payloads = self.raw.split(b"\n\ndata: ")
+        payloads[0] = payloads[0][6:]
+        payloads[-1] = payloads[-1][:-2]
+        return payloads
+
     def events(self) -> list[SSEEvent]:
-        payloads = self.raw[6:-2].split(b"\n\ndata: ")
-        return [SSEEvent(None, payload.decode("utf-8", "replace"), self.id) for payload in payloads]
+        return [
+            SSEEvent(None, data.decode("utf-8", "replace"), self.id) for data in self.payloads()
+        ]
 
 
 def _text(raw: bytes) -> str:

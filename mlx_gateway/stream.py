@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from mlx_gateway.errors import GatewayError
-from mlx_gateway.openai import ChatCompletionChunk, ToolCall, Usage
+from mlx_gateway.openai import ChatCompletionChunk, Delta, ToolCall, Usage
 from mlx_gateway.partialjson import closing_suffix, is_json_object
 from mlx_gateway.stops import StopSequenceCutter
 from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
@@ -172,20 +172,14 @@ class StreamTranslator:
         events: list[Event] = []
         if escaped:
             self._output_pieces += run.pieces
-            if self._open_kind != "text":
-                self._open("text", {"type": "text", "text": ""}, events)
-            text = msgspec.Raw(b'"' + escaped + b'"')
-            events.append(self._delta({"type": "text_delta", "text": text}))
+            self._text(msgspec.Raw(b'"' + escaped + b'"'), events)
         return events
 
     def _simple_piece(self, chunk: ChatCompletionChunk) -> tuple[str, str]:
         """("text", t) or ("thinking", t) for a chunk that carries only that, where `feed` would
         send it on unchanged; ("", "") for any other chunk."""
-        if chunk.usage is not None or len(chunk.choices) != 1:
-            return _NOT_SIMPLE
-        choice = chunk.choices[0]
-        delta = choice.delta
-        if choice.finish_reason is not None or delta.tool_calls:
+        delta = _lone_delta(chunk)
+        if delta is None:
             return _NOT_SIMPLE
         reasoning = delta.reasoning_content or delta.reasoning
         content = delta.content
@@ -288,7 +282,8 @@ class StreamTranslator:
             held, self._held_reasoning = "".join(self._held_reasoning), []
             self._thinking(held, events)
 
-    def _text(self, text: str, events: list[Event]) -> None:
+    def _text(self, text: str | msgspec.Raw, events: list[Event]) -> None:
+        """`text` may still be JSON (a Raw string) when it came undecoded (textruns.py)."""
         if not text:
             return
         if self._open_kind != "text":
@@ -388,12 +383,17 @@ class StreamTranslator:
 
 def plain_text(chunk: ChatCompletionChunk) -> str:
     """The text of a chunk that carries text and nothing else; "" for any other chunk."""
-    if chunk.usage is not None or len(chunk.choices) != 1:
-        return ""
-    choice = chunk.choices[0]
-    delta = choice.delta
-    if choice.finish_reason is not None or delta.tool_calls:
-        return ""
-    if delta.reasoning_content or delta.reasoning:
+    delta = _lone_delta(chunk)
+    if delta is None or delta.reasoning_content or delta.reasoning:
         return ""
     return delta.content or ""
+
+
+def _lone_delta(chunk: ChatCompletionChunk) -> Delta | None:
+    """The delta of a chunk that has one choice, no usage, no finish and no tool call."""
+    if chunk.usage is not None or len(chunk.choices) != 1:
+        return None
+    choice = chunk.choices[0]
+    if choice.finish_reason is not None or choice.delta.tool_calls:
+        return None
+    return choice.delta

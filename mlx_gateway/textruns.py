@@ -19,6 +19,8 @@ import re
 
 import msgspec
 
+from mlx_gateway.sse import DataRun
+
 # The one place a plain text chunk carries its text; a key only, never inside a JSON string
 # (there every quote is escaped).
 _CONTENT_KEY = re.compile(rb'"content"\s*:\s*"')
@@ -32,20 +34,18 @@ _BODIES = re.compile(_BODY + b"(?:\x00" + _BODY + b")*")
 _str_decoder = msgspec.json.Decoder(str)
 _EVENT_START = b"data: "
 _EVENT_END = b"\n\n"
-_BOUNDARY = _EVENT_END + _EVENT_START
 _CONTROL = bytes(range(32))
 
 
 class TextRun:
     """What a read's leading template events carry, and the events after them."""
 
-    __slots__ = ("escaped", "pieces", "rest", "rest_count")
+    __slots__ = ("escaped", "pieces", "rest")
 
-    def __init__(self, escaped: bytes, pieces: int, rest: bytes, rest_count: int) -> None:
+    def __init__(self, escaped: bytes, pieces: int, rest: DataRun | None) -> None:
         self.escaped = escaped  # the texts joined, as a JSON string body
         self.pieces = pieces  # how many of them were not empty
-        self.rest = rest  # the events after the run (`data: ...\n\n` each), maybe none
-        self.rest_count = rest_count
+        self.rest = rest  # the events after them, if any
 
 
 class TextTemplate:
@@ -79,15 +79,10 @@ class TextTemplate:
             return None
         return cls(data[:start], data[end:])
 
-    def split(self, run: bytes, count: int) -> TextRun | None:
-        """The events of `run` (`count` one-line data events, as a DataRun holds them) that fit
-        the template, when only events at its end do not (a finish, usage, the end marker);
-        None otherwise."""
-        # Split at the short event boundary: CPython searches for a long separator with an
-        # algorithm whose set-up it repeats for every piece.
-        payloads = run.split(_BOUNDARY)
-        payloads[0] = payloads[0][len(_EVENT_START) :]
-        payloads[-1] = payloads[-1][: -len(_EVENT_END)]
+    def split(self, run: DataRun) -> TextRun | None:
+        """The events of `run` that fit the template, when only events at its end do not (a
+        finish, usage, the end marker); None otherwise."""
+        payloads = run.payloads()
         taken = len(payloads)
         while taken and not self._fits(payloads[taken - 1]):  # the run's end: finish, usage...
             taken -= 1
@@ -100,7 +95,7 @@ class TextTemplate:
         frame = len(_EVENT_START) + self._frame + len(_EVENT_END)
         escaped = b"".join(bodies)
         size = taken * frame + len(escaped)
-        if not run.startswith(self._head + self._joiner.join(bodies) + self._tail):
+        if not run.raw.startswith(self._head + self._joiner.join(bodies) + self._tail):
             return None
         if not _plain_bodies(escaped) and not _BODIES.fullmatch(b"\x00".join(bodies)):
             return None
@@ -109,7 +104,8 @@ class TextTemplate:
                 escaped.decode()
             except UnicodeDecodeError:
                 return None
-        return TextRun(escaped, taken - bodies.count(b""), run[size:], count - taken)
+        rest = DataRun(run.raw[size:], run.count - taken, run.id) if taken < run.count else None
+        return TextRun(escaped, taken - bodies.count(b""), rest)
 
     def _fits(self, payload: bytes) -> bool:
         return (

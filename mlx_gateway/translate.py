@@ -215,7 +215,7 @@ _NO_PARAMETERS = msgspec.Raw(b'{"type":"object","properties":{}}')
 
 def _parameters(schema: msgspec.Raw, keys_to_strip: tuple[str, ...]) -> msgspec.Raw | Json:
     """The schema as the client wrote it, unless the backend needs keys removed."""
-    if len(schema) == 0 or (len(schema) == 4 and bytes(schema) == b"null"):
+    if len(schema) == 0:
         return _NO_PARAMETERS
     if not keys_to_strip:
         return schema

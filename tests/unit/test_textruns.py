@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from mlx_gateway.sse import DataRun
 from mlx_gateway.textruns import TextTemplate
 
 MLX_STYLE = (
@@ -19,8 +20,12 @@ def event(text: str, template: str = MLX_STYLE) -> bytes:
     return (template % json.dumps(text)).encode()
 
 
-def run(*payloads: bytes) -> bytes:
+def raw(*payloads: bytes) -> bytes:
     return b"".join(b"data: " + payload + b"\n\n" for payload in payloads)
+
+
+def run(*payloads: bytes) -> DataRun:
+    return DataRun(raw(*payloads), len(payloads))
 
 
 def learned(text: str = "Hi") -> TextTemplate:
@@ -31,18 +36,17 @@ def learned(text: str = "Hi") -> TextTemplate:
 
 def test_a_run_is_cut_into_its_texts_as_they_came() -> None:
     texts = ["a", 'say "x"', "back\\slash", "\n", "é", "", "\u2028"]
-    split = learned().split(run(*[event(t) for t in texts]), len(texts))
+    split = learned().split(run(*[event(t) for t in texts]))
     assert split is not None
     assert split.escaped == b"".join(json.dumps(t).encode()[1:-1] for t in texts)
-    assert (split.pieces, split.rest, split.rest_count) == (6, b"", 0)
+    assert (split.pieces, split.rest) == (6, None)
 
 
 def test_the_events_after_the_run_are_handed_back() -> None:
     finish = b'{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
-    tail = run(finish, b"[DONE]")
-    split = learned().split(run(event("a"), event("b")) + tail, 4)
+    split = learned().split(run(event("a"), event("b"), finish, b"[DONE]"))
     assert split is not None
-    assert (split.escaped, split.pieces, split.rest, split.rest_count) == (b"ab", 2, tail, 2)
+    assert (split.escaped, split.pieces, split.rest) == (b"ab", 2, run(finish, b"[DONE]"))
 
 
 @pytest.mark.parametrize(
@@ -59,11 +63,11 @@ def test_the_events_after_the_run_are_handed_back() -> None:
     ids=lambda value: value if isinstance(value, str) else "",
 )
 def test_anything_else_is_left_to_the_decoder(payloads: list[bytes], why: str) -> None:
-    assert learned().split(run(*payloads), len(payloads)) is None, why
+    assert learned().split(run(*payloads)) is None, why
 
 
 def test_a_run_whose_last_event_is_cut_short_is_left_to_the_decoder() -> None:
-    assert learned().split(run(event("a"))[:-2], 1) is None
+    assert learned().split(DataRun(raw(event("a"))[:-2], 1)) is None
 
 
 @pytest.mark.parametrize(
@@ -86,6 +90,6 @@ def test_a_key_written_inside_a_text_is_not_a_key() -> None:
     text = '{"content": "x"}'
     template = TextTemplate.learn(event(text), text)
     assert template is not None
-    split = template.split(run(event("y")), 1)
+    split = template.split(run(event("y")))
     assert split is not None
     assert split.escaped == b"y"
