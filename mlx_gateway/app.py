@@ -46,6 +46,9 @@ from mlx_gateway.upstream import Upstream
 log = logging.getLogger("mlx_gateway")
 
 _json = msgspec.json.Encoder()
+# Bytes searched for as ints: `b"x" in data` first tries the needle as an int, and the TypeError
+# it raises and clears costs more than the search.
+_LF, _CR = 0x0A, 0x0D
 _json_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
@@ -291,31 +294,49 @@ async def translated_batches(
 class ChunkReader:
     """One backend stream's bytes to the translator's events, read by read. Chunks that came
     in one read are decoded and translated together (see feed_batch); a keepalive comment
-    among them becomes a ping in its place; runs of plain text that fit the stream's template
-    are not decoded at all (textruns.py)."""
+    among them becomes a ping in its place; leading events of plain text that fit the stream's
+    template are not decoded at all (textruns.py), nor even seen by the event decoder when a
+    read begins with them."""
 
     __slots__ = ("_decoder", "_learn_from", "_template", "_translator")
 
     def __init__(self, translator: StreamTranslator, learn_from: int = 8) -> None:
-        """`learn_from`: the shortest run a template is learned from (learning costs about
-        what decoding eight chunks does)."""
+        """`learn_from`: a template is learned only from a read that begins at least this many
+        events: learning costs about what decoding eight chunks does."""
         self._translator = translator
         self._learn_from = learn_from
         self._decoder = SSEDecoder()
         self._template: TextTemplate | None = None
 
     def feed(self, piece: bytes) -> list[Event]:
-        return self._translate(self._decoder.feed_runs(piece))
+        if self._template is None and piece.find(b"\n\ndata: ") < 0:
+            # Nothing to learn a template from: one event a read, as when tokens come slowly.
+            return self._translate(self._decoder.feed_runs(piece), False)
+        if not self._decoder.at_event_start():
+            return self._translate(self._decoder.feed_runs(piece), True)
+        events: list[Event] = []
+        piece = self._text_run(piece, events)
+        if piece:  # the template has been tried on it already
+            events += self._translate(self._decoder.feed_runs(piece), False)
+        return events
 
     def flush(self) -> list[Event]:
-        return self._translate(self._decoder.flush())
+        return self._translate(self._decoder.flush(), False)
 
-    def _translate(self, items: Sequence[SSEEvent | DataRun]) -> list[Event]:
+    def _translate(self, items: Sequence[SSEEvent | DataRun], templates: bool) -> list[Event]:
         events: list[Event] = []
         chunks: list[ChatCompletionChunk] = []
         for item in items:
             if isinstance(item, DataRun):
-                self._run(item, chunks, events)
+                if not templates:
+                    chunks += run_chunks(item)
+                    continue
+                self._feed_chunks(chunks, events)
+                rest = self._text_run(item.raw, events)
+                if rest is item.raw:
+                    chunks += run_chunks(item)
+                elif rest:
+                    chunks += run_chunks(DataRun(rest, rest.count(b"\n\ndata: ") + 1, item.id))
             elif item.comment is not None:
                 self._feed_chunks(chunks, events)
                 events.append(PING)
@@ -329,38 +350,58 @@ class ChunkReader:
             events += self._translator.feed_batch(chunks)
             chunks.clear()
 
-    def _run(self, run: DataRun, chunks: list[ChatCompletionChunk], events: list[Event]) -> None:
-        """Leading events that fit the template go out undecoded; when the first does not (and
-        the run is long enough to repay it), it is decoded alone and, if it is plain text,
-        becomes the template for the rest. A template that does not fit the event right after
-        the one it was learned from is not tried again in this run: some servers change their
-        envelope with every chunk."""
-        learned_here = False
-        while True:
-            text = self._template.split(run) if self._template else None
-            if text is not None:
-                self._feed_chunks(chunks, events)
-                translated = self._translator.feed_escaped_text(text)
-                if translated is None:
-                    break
-                events += translated
-                if text.rest is None:
-                    return
-                run, learned_here = text.rest, False
-                continue
-            if learned_here or run.count < self._learn_from:
+    def _text_run(self, data: bytes, events: list[Event]) -> bytes:
+        """Sends on the leading events of `data` (bytes from the start of an event) that fit the
+        template, learning it first when there is none yet and `data` is long enough to repay
+        that; returns the bytes left for the decoder."""
+        if not data.startswith(b"data: "):
+            return data
+        if self._template is None:
+            if not _starts_events(data, self._learn_from):
+                return data
+            data = self._learn(data, events)
+        template = self._template
+        if template is None:
+            return data
+        text = template.split(data)
+        if text is None:
+            return data
+        translated = self._translator.feed_escaped_text(text)
+        if translated is None:
+            return data
+        self._decoder.skipped()
+        events += translated
+        return text.rest
+
+    def _learn(self, data: bytes, events: list[Event]) -> bytes:
+        """Decodes the leading events up to the first that is plain text (a role chunk often
+        comes first) and learns the template from that one; returns the bytes after them."""
+        for _ in range(2):
+            end = data.find(b"\n\n")
+            payload = data[6:end]
+            if end < 0 or _LF in payload or _CR in payload or payload in (b"", b"[DONE]"):
+                return data
+            chunk = decode_chunk(payload)
+            text = plain_text(chunk)  # before the translator, which may take the chunk apart
+            self._decoder.skipped()
+            events += self._translator.feed_batch([chunk])
+            data = data[end + 2 :]
+            if text:
+                self._template = TextTemplate.learn(payload, text)
                 break
-            first, run = run.split_first()
-            if not first or first == b"[DONE]":
+            if not data.startswith(b"data: "):
                 break
-            chunk = decode_chunk(first)
-            chunks.append(chunk)
-            content = plain_text(chunk)
-            template = TextTemplate.learn(first, content) if content else None
-            if template is None:
-                break
-            self._template, learned_here = template, True
-        chunks += run_chunks(run)
+        return data
+
+
+def _starts_events(data: bytes, count: int) -> bool:
+    """Whether at least `count` events begin in `data`, which begins with one."""
+    at = 0
+    for _ in range(count - 1):
+        at = data.find(b"\n\ndata: ", at) + 1
+        if not at:
+            return False
+    return True
 
 
 def run_chunks(run: DataRun) -> list[ChatCompletionChunk]:

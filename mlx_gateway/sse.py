@@ -76,22 +76,9 @@ class DataRun:
         # The run holds no line breaks but the ones between events (see feed_runs).
         return self.raw[6:-2].replace(b"\n\ndata: ", separator)
 
-    def split_first(self) -> tuple[bytes, DataRun]:
-        """The first event's payload and the run of the others (there must be others)."""
-        end = self.raw.find(b"\n\n")
-        return self.raw[6:end], DataRun(self.raw[end + 2 :], self.count - 1, self.id)
-
-    def payloads(self) -> list[bytes]:
-        """Each event's data, in order."""
-        payloads = self.raw.split(b"\n\ndata: ")
-        payloads[0] = payloads[0][6:]
-        payloads[-1] = payloads[-1][:-2]
-        return payloads
-
     def events(self) -> list[SSEEvent]:
-        return [
-            SSEEvent(None, data.decode("utf-8", "replace"), self.id) for data in self.payloads()
-        ]
+        payloads = self.raw[6:-2].split(b"\n\ndata: ")
+        return [SSEEvent(None, data.decode("utf-8", "replace"), self.id) for data in payloads]
 
 
 def _text(raw: bytes) -> str:
@@ -188,6 +175,14 @@ class SSEDecoder:
                 data = data[end:]
         out += self.feed(data)
         return out
+
+    def at_event_start(self) -> bool:
+        """Nothing is pending: the next bytes begin an event (or the stream)."""
+        return not (self._partial or self._skip_lf) and self._data is None and self._event is None
+
+    def skipped(self) -> None:
+        """The caller read whole events from an event start itself: the stream has begun."""
+        self._first = False
 
     def _at_boundary(self) -> bool:
         return (

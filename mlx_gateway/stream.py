@@ -167,7 +167,7 @@ class StreamTranslator:
         feed_batch gives for them, one delta carrying the texts as they came. None when plain
         text may not skip the layers now, or the texts hold a ``<``: the caller decodes them."""
         escaped = run.escaped
-        if not self._plain or b"<" in escaped or b"\\u003c" in escaped or b"\\u003C" in escaped:
+        if not self._plain or _LT in escaped or _escapes_lt(escaped):
             return None
         events: list[Event] = []
         if escaped:
@@ -379,6 +379,14 @@ class StreamTranslator:
             stop_sequences=self._stop_sequences,
             backend_stop=self._vllm_stop,
         )
+
+
+_LT = 0x3C  # searched as an int: see app._LF
+
+
+def _escapes_lt(escaped: bytes) -> bool:
+    """Whether JSON text holds `<` written as an escape (Go servers such as Ollama do that)."""
+    return escaped.find(b"\\u003c") >= 0 or escaped.find(b"\\u003C") >= 0
 
 
 def plain_text(chunk: ChatCompletionChunk) -> str:

@@ -5,9 +5,11 @@ A backend wraps every token of an answer in the same envelope; only the text cha
     data: {"id":"c1","object":"chat.completion.chunk",...,"delta":{"content":"Hel"},...}\n\n
 
 Once one such chunk has been decoded and found to be plain text, its bytes before and after the
-text are the stream's template. A read whose events all have that template is cut apart with
-two byte searches, and the texts, still JSON-escaped, can go out in one Anthropic delta as they
-came: no JSON is decoded or encoded for them. Each text is checked to be a valid JSON string
+text are the stream's template. The leading events of a read that have that template are cut
+apart at the event boundaries and sliced at C speed, checked in one comparison against the
+events rebuilt from their texts, and the texts, still JSON-escaped, go out in one Anthropic
+delta as they came: no JSON is decoded or encoded for them. Each text is checked to be a valid
+JSON string
 body (and the whole UTF-8); anything else (another envelope, a finish reason, usage, a tool
 call, a text that would need its quotes checked) takes the decoding path, which stays the
 reference: both give the same events.
@@ -16,10 +18,9 @@ reference: both give the same events.
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 import msgspec
-
-from mlx_gateway.sse import DataRun
 
 # The one place a plain text chunk carries its text; a key only, never inside a JSON string
 # (there every quote is escaped).
@@ -34,32 +35,44 @@ _BODIES = re.compile(_BODY + b"(?:\x00" + _BODY + b")*")
 _str_decoder = msgspec.json.Decoder(str)
 _EVENT_START = b"data: "
 _EVENT_END = b"\n\n"
+# Between two events. Short on purpose: CPython redoes a long separator's search set-up for
+# every piece, which cost more than the split itself.
+_SEPARATOR = _EVENT_END + _EVENT_START
 _CONTROL = bytes(range(32))
+_QUOTE, _BACKSLASH = 0x22, 0x5C  # searched as ints: see app._LF
 
 
 class TextRun:
-    """What a read's leading template events carry, and the events after them."""
+    """What the leading template events of some event-stream bytes carry, and the bytes after
+    them."""
 
     __slots__ = ("escaped", "pieces", "rest")
 
-    def __init__(self, escaped: bytes, pieces: int, rest: DataRun | None) -> None:
+    def __init__(self, escaped: bytes, pieces: int, rest: bytes) -> None:
         self.escaped = escaped  # the texts joined, as a JSON string body
         self.pieces = pieces  # how many of them were not empty
-        self.rest = rest  # the events after them, if any
+        self.rest = rest  # the bytes after them: other events, or the start of one
 
 
 class TextTemplate:
     """The envelope of a stream's plain text chunks (see the module docstring)."""
 
-    __slots__ = ("_after", "_before", "_frame", "_head", "_joiner", "_tail")
+    __slots__ = ("_after", "_before", "_body", "_frame", "_head", "_joiner", "_tail")
 
     def __init__(self, before: bytes, after: bytes) -> None:
         self._before = before
         self._after = after
         self._frame = len(before) + len(after)
+        # A C-level slice for map(): a list comprehension costs twice as much per event.
+        self._body = itemgetter(slice(len(before), -len(after)))
         self._head = _EVENT_START + before
         self._tail = after + _EVENT_END
         self._joiner = self._tail + self._head  # between two bodies
+
+    @property
+    def head(self) -> bytes:
+        """How every event that fits begins."""
+        return self._head
 
     @classmethod
     def learn(cls, data: bytes, text: str) -> TextTemplate | None:
@@ -79,24 +92,32 @@ class TextTemplate:
             return None
         return cls(data[:start], data[end:])
 
-    def split(self, run: DataRun) -> TextRun | None:
-        """The events of `run` that fit the template, when only events at its end do not (a
-        finish, usage, the end marker); None otherwise."""
-        payloads = run.payloads()
+    def split(self, data: bytes) -> TextRun | None:
+        """The leading events of `data` (event-stream bytes from the start of an event) that fit
+        the template, when only events after them do not (a finish, usage, the end marker, an
+        event the read cut off); None otherwise."""
+        if not data.startswith(self._head):
+            return None
+        payloads = data.split(_SEPARATOR)
+        payloads[0] = payloads[0][len(_EVENT_START) :]
         taken = len(payloads)
-        while taken and not self._fits(payloads[taken - 1]):  # the run's end: finish, usage...
+        if payloads[-1].endswith(_EVENT_END):
+            payloads[-1] = payloads[-1][: -len(_EVENT_END)]
+        else:
+            taken -= 1  # the read ends inside the last event
+        while taken and not self._fits(payloads[taken - 1]):  # the end: finish, usage...
             taken -= 1
         if not taken:
             return None
-        start, end = len(self._before), -len(self._after)
-        bodies = [payload[start:end] for payload in payloads[:taken]]
-        # One comparison instead of a check per event: the events rebuilt from the bodies
-        # must be the bytes that came.
-        frame = len(_EVENT_START) + self._frame + len(_EVENT_END)
-        escaped = b"".join(bodies)
-        size = taken * frame + len(escaped)
-        if not run.raw.startswith(self._head + self._joiner.join(bodies) + self._tail):
+        del payloads[taken:]
+        bodies = list(map(self._body, payloads))
+        # The events rebuilt from the bodies must be the bytes that came: compared in place, in
+        # two calls, instead of a check per event.
+        joined = self._joiner.join(bodies)
+        size = len(self._head) + len(joined)
+        if not (data.startswith(joined, len(self._head)) and data.startswith(self._tail, size)):
             return None
+        escaped = b"".join(bodies)
         if not _plain_bodies(escaped) and not _BODIES.fullmatch(b"\x00".join(bodies)):
             return None
         if not escaped.isascii():
@@ -104,8 +125,7 @@ class TextTemplate:
                 escaped.decode()
             except UnicodeDecodeError:
                 return None
-        rest = DataRun(run.raw[size:], run.count - taken, run.id) if taken < run.count else None
-        return TextRun(escaped, taken - bodies.count(b""), rest)
+        return TextRun(escaped, taken - bodies.count(b""), data[size + len(self._tail) :])
 
     def _fits(self, payload: bytes) -> bool:
         return (
@@ -119,7 +139,7 @@ def _plain_bodies(escaped: bytes) -> bool:
     """Bodies without quotes, backslashes or control characters are valid, whatever their
     boundaries: checked at C speed before the exact, slower pattern."""
     return (
-        b'"' not in escaped
-        and b"\\" not in escaped
+        _QUOTE not in escaped
+        and _BACKSLASH not in escaped
         and len(escaped.translate(None, _CONTROL)) == len(escaped)
     )

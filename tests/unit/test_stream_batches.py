@@ -282,3 +282,14 @@ def test_no_template_is_learned_from_a_run_too_short_to_repay_it(count: int) -> 
     events = translate_reads(sse(wire_chunk("Hi")), sse(*map(wire_chunk, texts)), learn_from=8)
     learned = ["t0", "".join(texts[1:])]
     assert deltas(events, "text_delta") == ["Hi", *(learned if count == 8 else ["".join(texts)])]
+
+
+def test_a_template_is_learned_past_a_role_chunk_in_the_same_read() -> None:
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+    stream = translator()
+    reader = ChunkReader(stream, learn_from=2)
+    events = stream.start() + reader.feed(sse(role, *map(wire_chunk, ["a", "b", "c"])))
+    texts = [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"]
+    assert texts[0] == "a"  # decoded, and the template learned from it
+    assert isinstance(texts[1], msgspec.Raw)
+    assert bytes(texts[1]) == b'"bc"'

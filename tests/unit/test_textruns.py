@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from mlx_gateway.sse import DataRun
 from mlx_gateway.textruns import TextTemplate
 
 MLX_STYLE = (
@@ -24,10 +23,6 @@ def raw(*payloads: bytes) -> bytes:
     return b"".join(b"data: " + payload + b"\n\n" for payload in payloads)
 
 
-def run(*payloads: bytes) -> DataRun:
-    return DataRun(raw(*payloads), len(payloads))
-
-
 def learned(text: str = "Hi") -> TextTemplate:
     template = TextTemplate.learn(event(text), text)
     assert template is not None
@@ -36,17 +31,17 @@ def learned(text: str = "Hi") -> TextTemplate:
 
 def test_a_run_is_cut_into_its_texts_as_they_came() -> None:
     texts = ["a", 'say "x"', "back\\slash", "\n", "é", "", "\u2028"]
-    split = learned().split(run(*[event(t) for t in texts]))
+    split = learned().split(raw(*[event(t) for t in texts]))
     assert split is not None
     assert split.escaped == b"".join(json.dumps(t).encode()[1:-1] for t in texts)
-    assert (split.pieces, split.rest) == (6, None)
+    assert (split.pieces, split.rest) == (6, b"")
 
 
 def test_the_events_after_the_run_are_handed_back() -> None:
     finish = b'{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
-    split = learned().split(run(event("a"), event("b"), finish, b"[DONE]"))
+    split = learned().split(raw(event("a"), event("b"), finish, b"[DONE]"))
     assert split is not None
-    assert (split.escaped, split.pieces, split.rest) == (b"ab", 2, run(finish, b"[DONE]"))
+    assert (split.escaped, split.pieces, split.rest) == (b"ab", 2, raw(finish, b"[DONE]"))
 
 
 @pytest.mark.parametrize(
@@ -63,11 +58,21 @@ def test_the_events_after_the_run_are_handed_back() -> None:
     ids=lambda value: value if isinstance(value, str) else "",
 )
 def test_anything_else_is_left_to_the_decoder(payloads: list[bytes], why: str) -> None:
-    assert learned().split(run(*payloads)) is None, why
+    assert learned().split(raw(*payloads)) is None, why
 
 
-def test_a_run_whose_last_event_is_cut_short_is_left_to_the_decoder() -> None:
-    assert learned().split(DataRun(raw(event("a"))[:-2], 1)) is None
+def test_an_event_the_read_cut_off_is_handed_back() -> None:
+    whole = raw(event("a"), event("b"))
+    assert learned().split(whole[: len(raw(event("a"))) - 1]) is None  # the only event
+    for cut in (len(whole) - 2, len(whole) - 1, len(whole) - 10, len(raw(event("a"))) + 10):
+        split = learned().split(whole[:cut])
+        assert split is not None
+        assert (split.escaped, split.rest) == (b"a", whole[len(raw(event("a"))) : cut])
+
+
+def test_events_that_fit_after_one_that_does_not_are_left_to_the_decoder() -> None:
+    other = b'{"choices": [{"index": 0, "delta": {"tool_calls": []}, "finish_reason": null}]}'
+    assert learned().split(raw(event("a"), other, event("b"))) is None
 
 
 @pytest.mark.parametrize(
@@ -90,6 +95,6 @@ def test_a_key_written_inside_a_text_is_not_a_key() -> None:
     text = '{"content": "x"}'
     template = TextTemplate.learn(event(text), text)
     assert template is not None
-    split = template.split(run(event("y")))
+    split = template.split(raw(event("y")))
     assert split is not None
     assert split.escaped == b"y"
