@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -385,6 +386,58 @@ def test_a_stream_that_keeps_producing_outlives_the_silence_timeout() -> None:
             http = client(server, timeout=0.15)
             response = await http.request("POST", "/s", b"{}")
             assert await response.read() == b"x" * 6
+            http.close()
+
+    run(main())
+
+
+def test_silence_after_some_pieces_times_out_the_stream() -> None:
+    async def main() -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(3):
+                await asyncio.sleep(0.05)
+                writer.write(b"1\r\nx\r\n")
+                await writer.drain()
+            await asyncio.sleep(5)
+
+        async with Server(handler) as server:
+            http = client(server, timeout=0.3)
+            response = await http.request("POST", "/s", b"{}")
+            pieces: list[bytes] = []
+
+            async def read_all() -> None:
+                async for piece in response:
+                    pieces.append(piece)
+
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await read_all()
+            assert b"".join(pieces) == b"xxx"
+            assert 0.3 <= time.monotonic() - started < 2
+
+    run(main())
+
+
+def test_a_pooled_connection_times_each_exchange_afresh() -> None:
+    async def main() -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for delay in (0.0, 0.15):  # the second answer comes just within the timeout
+                await server.read_request(reader)
+                await asyncio.sleep(delay)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+            await reader.read()
+
+        async with Server(handler) as server:
+            http = client(server, timeout=0.25)
+            first = await http.request("POST", "/a", b"{}")
+            assert await first.read() == b"ok"
+            await asyncio.sleep(0.2)  # idle in the pool for most of a timeout
+            second = await http.request("POST", "/b", b"{}")
+            assert await second.read() == b"ok"
+            assert server.connections == 1
             http.close()
 
     run(main())
