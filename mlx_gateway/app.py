@@ -233,9 +233,9 @@ class EventWriter:
 class Heartbeat:
     """Pings every stream that has been silent for `interval` seconds, within a quarter of it.
 
-    One timer for the whole gateway, running only while streams are open: a task per stream
-    (created, put to sleep and cancelled) cost about a tenth of the CPU of a fast 200-token
-    stream. A stream only stores the time of its last write."""
+    One timer for the whole gateway, running only while streams are open, instead of a task
+    per stream (created, put to sleep and cancelled: about 16,000 instructions a stream). A
+    stream only stores the time of its last write."""
 
     __slots__ = ("_interval", "_timer", "_writers")
 
