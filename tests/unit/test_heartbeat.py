@@ -31,14 +31,16 @@ async def _a_silent_stream_is_pinged_and_a_busy_one_is_not() -> None:
     heartbeat = Heartbeat(INTERVAL)
     silent, busy = RecordingTransport(), RecordingTransport()
     silent_writer, busy_writer = EventWriter(EventStream(silent)), EventWriter(EventStream(busy))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     heartbeat.watch(silent_writer)
     heartbeat.watch(busy_writer)
-    for _ in range(40):  # five intervals
+    for _ in range(40):  # five intervals, or more on a loaded machine
         await busy_writer.send([{"type": "content_block_stop", "index": 0}])
         await asyncio.sleep(INTERVAL / 8)
     heartbeat.forget(silent_writer)
     heartbeat.forget(busy_writer)
-    assert 3 <= pings(silent) <= 5
+    assert 2 <= pings(silent) <= (loop.time() - started) / INTERVAL
     assert pings(busy) == 0
     assert len(busy.writes) == 40
 
@@ -56,10 +58,12 @@ async def _the_timer_stops_once_no_stream_is_watched() -> None:
     await asyncio.sleep(INTERVAL)
     assert heartbeat._timer is None
     later = EventWriter(EventStream(transport))  # and it starts again for the next stream
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     heartbeat.watch(later)
     await asyncio.sleep(INTERVAL * 1.5)
     heartbeat.forget(later)
-    assert pings(transport) == 1
+    assert 1 <= pings(transport) <= (loop.time() - started) / INTERVAL
 
 
 def test_a_ping_to_an_ended_stream_is_dropped_quietly() -> None:
