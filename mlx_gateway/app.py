@@ -36,7 +36,16 @@ from mlx_gateway.server import (
     Request,
     RSGIApp,
 )
-from mlx_gateway.sse import DONE, DataRun, SSEDecoder, SSEEvent, encode_data, encode_event
+from mlx_gateway.sse import (
+    DATA_FIELD,
+    DONE,
+    NEXT_DATA_EVENT,
+    DataRun,
+    SSEDecoder,
+    SSEEvent,
+    encode_data,
+    encode_event,
+)
 from mlx_gateway.stream import PING, Event, StreamTranslator, plain_text
 from mlx_gateway.textruns import TextTemplate
 from mlx_gateway.tokens import count_request
@@ -309,7 +318,7 @@ class ChunkReader:
         self._template: TextTemplate | None = None
 
     def feed(self, piece: bytes) -> list[Event]:
-        if self._template is None and piece.find(b"\n\ndata: ") < 0:
+        if self._template is None and piece.find(NEXT_DATA_EVENT) < 0:
             # Nothing to learn a template from: one event a read, as when tokens come slowly.
             return self._translate(self._decoder.feed_runs(piece), False)
         if not self._decoder.at_event_start():
@@ -336,7 +345,7 @@ class ChunkReader:
                 if rest is item.raw:
                     chunks += run_chunks(item)
                 elif rest:
-                    chunks += run_chunks(DataRun(rest, rest.count(b"\n\ndata: ") + 1, item.id))
+                    chunks += run_chunks(DataRun(rest, rest.count(NEXT_DATA_EVENT) + 1, item.id))
             elif item.comment is not None:
                 self._feed_chunks(chunks, events)
                 events.append(PING)
@@ -354,7 +363,7 @@ class ChunkReader:
         """Sends on the leading events of `data` (bytes from the start of an event) that fit the
         template, learning it first when there is none yet and `data` is long enough to repay
         that; returns the bytes left for the decoder."""
-        if not data.startswith(b"data: "):
+        if not data.startswith(DATA_FIELD):
             return data
         if self._template is None:
             if not _starts_events(data, self._learn_from):
@@ -389,7 +398,7 @@ class ChunkReader:
             if text:
                 self._template = TextTemplate.learn(payload, text)
                 break
-            if not data.startswith(b"data: "):
+            if not data.startswith(DATA_FIELD):
                 break
         return data
 
@@ -398,7 +407,7 @@ def _starts_events(data: bytes, count: int) -> bool:
     """Whether at least `count` events begin in `data`, which begins with one."""
     at = 0
     for _ in range(count - 1):
-        at = data.find(b"\n\ndata: ", at) + 1
+        at = data.find(NEXT_DATA_EVENT, at) + 1
         if not at:
             return False
     return True

@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 DONE = b"data: [DONE]\n\n"
+# How an event of one data line begins, and what lies between two such events.
+DATA_FIELD = b"data: "
+NEXT_DATA_EVENT = b"\n\n" + DATA_FIELD
 
 _BOM = b"\xef\xbb\xbf"
 # Bytes searched for a byte given as an int is a plain byte search; given as a one-byte bytes
@@ -74,11 +77,11 @@ class DataRun:
 
     def joined(self, separator: bytes) -> bytes:
         # The run holds no line breaks but the ones between events (see feed_runs).
-        return self.raw[6:-2].replace(b"\n\ndata: ", separator)
+        return self.raw[6:-2].replace(NEXT_DATA_EVENT, separator)
 
     def events(self) -> list[SSEEvent]:
-        payloads = self.raw[6:-2].split(b"\n\ndata: ")
-        return [SSEEvent(None, data.decode("utf-8", "replace"), self.id) for data in payloads]
+        payloads = self.raw[6:-2].split(NEXT_DATA_EVENT)
+        return [SSEEvent(None, payload.decode("utf-8", "replace"), self.id) for payload in payloads]
 
 
 def _text(raw: bytes) -> str:
@@ -167,9 +170,9 @@ class SSEDecoder:
             out += self.feed(data[:end])
             data = data[end:]
         end = data.rfind(b"\n\n") + 2
-        if end > 7 and data[:6] == b"data: " and self._at_boundary():
+        if end > 7 and data[:6] == DATA_FIELD and self._at_boundary():
             run = data[:end]
-            count = run.count(b"\n\ndata: ") + 1
+            count = run.count(NEXT_DATA_EVENT) + 1
             if run.count(_LF) == 2 * count and _CR not in run:
                 out.append(DataRun(run, count, self._id))
                 data = data[end:]

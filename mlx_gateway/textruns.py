@@ -9,10 +9,9 @@ text are the stream's template. The leading events of a read that have that temp
 apart at the event boundaries and sliced at C speed, checked in one comparison against the
 events rebuilt from their texts, and the texts, still JSON-escaped, go out in one Anthropic
 delta as they came: no JSON is decoded or encoded for them. Each text is checked to be a valid
-JSON string
-body (and the whole UTF-8); anything else (another envelope, a finish reason, usage, a tool
-call, a text that would need its quotes checked) takes the decoding path, which stays the
-reference: both give the same events.
+JSON string body (and the whole UTF-8); anything else (another envelope, a finish reason,
+usage, a tool call, a text that would need its quotes checked) takes the decoding path, which
+stays the reference: both give the same events.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ import re
 from operator import itemgetter
 
 import msgspec
+
+from mlx_gateway.sse import DATA_FIELD, NEXT_DATA_EVENT
 
 # The one place a plain text chunk carries its text; a key only, never inside a JSON string
 # (there every quote is escaped).
@@ -33,11 +34,7 @@ _BODY_THEN_QUOTE = re.compile(_BODY + b'"')
 # Bodies joined by NUL, which no body may contain, so that each is checked on its own.
 _BODIES = re.compile(_BODY + b"(?:\x00" + _BODY + b")*")
 _str_decoder = msgspec.json.Decoder(str)
-_EVENT_START = b"data: "
 _EVENT_END = b"\n\n"
-# Between two events. Short on purpose: CPython redoes a long separator's search set-up for
-# every piece, which cost more than the split itself.
-_SEPARATOR = _EVENT_END + _EVENT_START
 _CONTROL = bytes(range(32))
 _QUOTE, _BACKSLASH = 0x22, 0x5C  # searched as ints: see app._LF
 
@@ -65,14 +62,9 @@ class TextTemplate:
         self._frame = len(before) + len(after)
         # A C-level slice for map(): a list comprehension costs twice as much per event.
         self._body = itemgetter(slice(len(before), -len(after)))
-        self._head = _EVENT_START + before
+        self._head = DATA_FIELD + before
         self._tail = after + _EVENT_END
         self._joiner = self._tail + self._head  # between two bodies
-
-    @property
-    def head(self) -> bytes:
-        """How every event that fits begins."""
-        return self._head
 
     @classmethod
     def learn(cls, data: bytes, text: str) -> TextTemplate | None:
@@ -98,8 +90,10 @@ class TextTemplate:
         event the read cut off); None otherwise."""
         if not data.startswith(self._head):
             return None
-        payloads = data.split(_SEPARATOR)
-        payloads[0] = payloads[0][len(_EVENT_START) :]
+        # Cut at event boundaries, not at the template's joiner: CPython redoes a long
+        # separator's search set-up for every piece, which cost more than the split itself.
+        payloads = data.split(NEXT_DATA_EVENT)
+        payloads[0] = payloads[0][len(DATA_FIELD) :]
         taken = len(payloads)
         if payloads[-1].endswith(_EVENT_END):
             payloads[-1] = payloads[-1][: -len(_EVENT_END)]

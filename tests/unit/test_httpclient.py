@@ -369,15 +369,20 @@ def test_silence_times_out_and_maps_to_no_answer_within() -> None:
     run(main())
 
 
+async def send_pieces(writer: asyncio.StreamWriter, count: int, every: float) -> None:
+    """A chunked answer's head, then `count` one-byte pieces `every` seconds apart."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(count):
+        await asyncio.sleep(every)
+        writer.write(b"1\r\nx\r\n")
+        await writer.drain()
+
+
 def test_a_stream_that_keeps_producing_outlives_the_silence_timeout() -> None:
     async def main() -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for _ in range(6):
-                await asyncio.sleep(0.05)
-                writer.write(b"1\r\nx\r\n")
-                await writer.drain()
+            await send_pieces(writer, count=6, every=0.05)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             await reader.read()
@@ -395,11 +400,7 @@ def test_silence_after_some_pieces_times_out_the_stream() -> None:
     async def main() -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for _ in range(3):
-                await asyncio.sleep(0.05)
-                writer.write(b"1\r\nx\r\n")
-                await writer.drain()
+            await send_pieces(writer, count=3, every=0.05)
             await asyncio.sleep(5)
 
         async with Server(handler) as server:
@@ -447,11 +448,7 @@ def test_the_total_timeout_ends_even_a_producing_stream() -> None:
     async def main() -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                writer.write(b"1\r\nx\r\n")
-                await writer.drain()
+            await send_pieces(writer, count=100, every=0.02)
 
         async with Server(handler) as server:
             http = client(server, timeout=1, total=0.2)
