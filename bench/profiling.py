@@ -65,8 +65,8 @@ def recording(pid: int, stacks_path: Path) -> Iterator[None]:
 
 
 def _frame_name(frame: str) -> str:
-    """`handler (mlx_gateway/app.py:57)` -> `handler (mlx_gateway/app.py)`: lines vary within
-    a function and would split its time into many rows."""
+    """`handler (mlx_gateway/server/app.py:57)` -> `handler (mlx_gateway/server/app.py)`: lines vary
+    within a function and would split its time into many rows."""
     name, _, location = frame.partition(" (")
     path = location.rstrip(")").rpartition(":")[0] or location.rstrip(")")
     for marker in ("site-packages/", "lib/python3.", "/work/main/"):

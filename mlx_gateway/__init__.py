@@ -3,8 +3,8 @@
 # Set before the imports below: the CLI and the app read it.
 __version__ = "0.1.0"
 
-from mlx_gateway.app import create_app
 from mlx_gateway.config import Config, load_config
 from mlx_gateway.errors import GatewayError
+from mlx_gateway.server.app import create_app
 
 __all__ = ["Config", "GatewayError", "__version__", "create_app", "load_config"]

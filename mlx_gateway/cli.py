@@ -12,11 +12,12 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from mlx_gateway import __version__, server
-from mlx_gateway.app import create_app
-from mlx_gateway.code import run_code, split_code_command
+from mlx_gateway import __version__
 from mlx_gateway.config import SETTINGS, Config, load_config
 from mlx_gateway.errors import ConfigError
+from mlx_gateway.launch import run_code, split_code_command
+from mlx_gateway.server import rsgi
+from mlx_gateway.server.app import create_app
 
 TRACE = 5
 NOTICE = 25
@@ -89,7 +90,7 @@ def serve(config: Config) -> None:
     app = create_app(config)
     tune_gc()
     try:
-        loop.run_until_complete(server.serve(app, config.host, config.port))
+        loop.run_until_complete(rsgi.serve(app, config.host, config.port))
     finally:
         loop.close()
 

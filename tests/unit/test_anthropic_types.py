@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from mlx_gateway import anthropic as an
-from mlx_gateway.anthropic import (
+from mlx_gateway.anthropic import types as an
+from mlx_gateway.anthropic.types import (
     decode_count_tokens_request,
     decode_messages_request,
     describe_validation_error,

@@ -8,9 +8,9 @@ import json
 import msgspec
 import pytest
 
-from mlx_gateway.anthropic import decode_messages_request
+from mlx_gateway.anthropic.types import decode_messages_request
 from mlx_gateway.errors import InvalidRequest
-from mlx_gateway.openai import decode_chat_request, raw_json, read_chat_request
+from mlx_gateway.openai.types import decode_chat_request, raw_json, read_chat_request
 from tests.unit.test_openai_types import CHAT_ERRORS
 
 MORE_ERRORS = [

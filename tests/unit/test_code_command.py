@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlx_gateway.code import claude_environment, split_code_command
 from mlx_gateway.config import Config
+from mlx_gateway.launch import claude_environment, split_code_command
 
 
 @pytest.mark.parametrize(

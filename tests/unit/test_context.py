@@ -12,8 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from mlx_gateway.backends import PROFILES, BackendProfile
-from mlx_gateway.context import (
+from mlx_gateway.backends.context import (
     PromptContext,
     context_overflow_error,
     fitted_max_tokens,
@@ -23,9 +22,10 @@ from mlx_gateway.context import (
     window_from_ollama_show,
     window_from_vllm_models,
 )
+from mlx_gateway.backends.profiles import PROFILES, BackendProfile
+from mlx_gateway.backends.tokens import TokenCount, estimate_tokens
+from mlx_gateway.backends.upstream import backend_status_error
 from mlx_gateway.errors import BackendUnavailable, GatewayError, NotFound, PromptTooLong
-from mlx_gateway.tokens import TokenCount, estimate_tokens
-from mlx_gateway.upstream import backend_status_error
 from tests.support.tiny_model import build_tiny_model
 
 BODY: dict[str, Any] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mlx_gateway.app import EventWriter, Heartbeat
-from mlx_gateway.server import EventStream
+from mlx_gateway.server.rsgi import EventStream
+from mlx_gateway.server.streaming import EventWriter, Heartbeat
 
 INTERVAL = 0.2
 

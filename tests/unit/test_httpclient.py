@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from mlx_gateway import httpclient
-from mlx_gateway.backends import PROFILES
+from mlx_gateway.backends import httpclient
+from mlx_gateway.backends.httpclient import ConnectError, HttpClient, PayloadError, TransportError
+from mlx_gateway.backends.profiles import PROFILES
+from mlx_gateway.backends.upstream import Upstream, mapped_transport_errors
 from mlx_gateway.errors import BackendUnavailable
-from mlx_gateway.httpclient import ConnectError, HttpClient, PayloadError, TransportError
-from mlx_gateway.upstream import Upstream, mapped_transport_errors
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlx_gateway.models import ModelRouter
+from mlx_gateway.backends.aliases import ModelRouter
 
 ROUTER = ModelRouter(
     "big/default",

@@ -7,13 +7,10 @@ from typing import Any
 
 import pytest
 
+from mlx_gateway.backends.upstream import error_message_from_body
 from mlx_gateway.errors import BadBackendResponse, InvalidRequest
-from mlx_gateway.openai import (
-    decode_chat_request,
-    decode_chunk,
-    decode_completion,
-    error_message_from_body,
-)
+from mlx_gateway.openai.types import decode_chat_request
+from mlx_gateway.parse.chat import decode_chunk, decode_completion
 
 ERROR_BODIES: list[tuple[str, bytes, str]] = [
     ("mlx_lm string error", b'{"error": "boom"}', "boom"),

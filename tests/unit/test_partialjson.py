@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlx_gateway.partialjson import closing_suffix
+from mlx_gateway.parse.partialjson import closing_suffix
 
 CASES = [
     '{"path": "a.py"}',

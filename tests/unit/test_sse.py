@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_gateway.sse import (
+from mlx_gateway.parse.sse import (
     DONE,
     DataRun,
     SSEDecoder,

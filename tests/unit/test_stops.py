@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_gateway.stops import StopSequenceCutter, StopSequenceWatcher, resolve_stop_sequence
+from mlx_gateway.parse.stops import StopSequenceCutter, StopSequenceWatcher, resolve_stop_sequence
 
 # --- watcher -----------------------------------------------------------------------------
 

@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gateway.answer import to_anthropic_message
+from mlx_gateway.anthropic.answer import to_anthropic_message
+from mlx_gateway.anthropic.stream import StreamTranslator
 from mlx_gateway.errors import (
     BackendFailed,
     BackendUnavailable,
     BadBackendResponse,
     GatewayError,
 )
-from mlx_gateway.openai import ChatCompletionChunk, decode_chunk, decode_completion
-from mlx_gateway.stream import StreamTranslator
+from mlx_gateway.parse.chat import ChatCompletionChunk, decode_chunk, decode_completion
 from tests.support.anthropic_stream import (
     StreamFailed,
     accumulate,

@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gateway.answer import assemble_message
-from mlx_gateway.app import ChunkReader, encode_events
+from mlx_gateway.anthropic.answer import assemble_message
+from mlx_gateway.anthropic.stream import PING, StreamTranslator
 from mlx_gateway.errors import BadBackendResponse
-from mlx_gateway.openai import ChatCompletionChunk
-from mlx_gateway.stream import PING, StreamTranslator
+from mlx_gateway.parse.chat import ChatCompletionChunk
+from mlx_gateway.parse.chunkreader import ChunkReader
+from mlx_gateway.server.streaming import encode_events
 from tests.support.anthropic_stream import accumulate, assert_well_formed, parse_sse
 from tests.unit.test_stream import (
     chunk,

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gateway import answer as answer_module
-from mlx_gateway.answer import is_plain_text, to_anthropic_message
-from mlx_gateway.openai import decode_completion
-from mlx_gateway.stream import StreamTranslator
-from mlx_gateway.think import ThinkSplitter
+from mlx_gateway.anthropic import answer as answer_module
+from mlx_gateway.anthropic.answer import is_plain_text, to_anthropic_message
+from mlx_gateway.anthropic.stream import StreamTranslator
+from mlx_gateway.parse.chat import decode_completion
+from mlx_gateway.parse.think import ThinkSplitter
 from tests.unit.test_stream import chunkings, replies, run, text_chunks
 
 PLAIN_PIECES = ["Hello", " world", "\n\n", "  ", "x > y", "ok."]

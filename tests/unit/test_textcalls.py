@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gateway.textcalls import (
+from mlx_gateway.parse.textcalls import (
     TextPiece,
     TextToolCallEvent,
     TextToolCallExtractor,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mlx_gateway.textruns import TextTemplate
+from mlx_gateway.parse.textruns import TextTemplate
 
 MLX_STYLE = (
     '{"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, '

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_gateway.think import Kind, Piece, ThinkSplitter, split_think
+from mlx_gateway.parse.think import Kind, Piece, ThinkSplitter, split_think
 
 
 def run(chunks: list[str], starts_in_reasoning: bool = False) -> list[Piece]:

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gateway import anthropic as an
-from mlx_gateway.backends import PROFILES
-from mlx_gateway.localmodel import (
+from mlx_gateway.anthropic import types as an
+from mlx_gateway.anthropic.count import count_request
+from mlx_gateway.anthropic.request import to_openai_request
+from mlx_gateway.backends.localmodel import (
     ChatTemplate,
     LocalTokenizer,
     ModelFiles,
@@ -35,18 +36,17 @@ from mlx_gateway.localmodel import (
     template_sources,
     thinks_by_default,
 )
-from mlx_gateway.tokens import (
+from mlx_gateway.backends.profiles import PROFILES
+from mlx_gateway.backends.tokens import (
     apply_template_body,
     chat_tokenize_body,
     count_from_tokenize_answer,
-    count_request,
     estimate_tokens,
     plain_text,
     prompt_from_template_answer,
     prompt_part,
     text_tokenize_body,
 )
-from mlx_gateway.translate import to_openai_request
 from tests.support.tiny_model import build_tiny_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "e2e" / "fixtures" / "claude_code_request.json"

@@ -10,17 +10,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from mlx_gateway.answer import to_anthropic_message
-from mlx_gateway.anthropic import MessagesRequest, decode_messages_request
-from mlx_gateway.backends import PROFILES, BackendProfile
-from mlx_gateway.openai import decode_completion
-from mlx_gateway.translate import (
-    RAW_ARGUMENTS_KEY,
-    parse_tool_arguments,
-    to_openai_messages,
-    to_openai_request,
-    usage_to_anthropic,
-)
+from mlx_gateway.anthropic.answer import to_anthropic_message
+from mlx_gateway.anthropic.outcome import usage_to_anthropic
+from mlx_gateway.anthropic.request import to_openai_messages, to_openai_request
+from mlx_gateway.anthropic.types import MessagesRequest, decode_messages_request
+from mlx_gateway.backends.profiles import PROFILES, BackendProfile
+from mlx_gateway.parse.chat import decode_completion
+from mlx_gateway.parse.toolargs import RAW_ARGUMENTS_KEY, parse_tool_arguments
 
 Json = dict[str, Any]
 

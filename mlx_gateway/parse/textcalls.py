@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from mlx_gateway.jsonscan import ArgsScanner, held_start, load_lenient, object_json
+from mlx_gateway.parse.jsonscan import ArgsScanner, held_start, load_lenient, object_json
 
 __all__ = [
     "TextPiece",

@@ -21,7 +21,7 @@ from operator import itemgetter
 
 import msgspec
 
-from mlx_gateway.sse import DATA_FIELD, NEXT_DATA_EVENT
+from mlx_gateway.parse.sse import DATA_FIELD, NEXT_DATA_EVENT
 
 # The one place a plain text chunk carries its text; a key only, never inside a JSON string
 # (there every quote is escaped).

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
-from mlx_gateway.openai import (
+from mlx_gateway.anthropic.outcome import anthropic_stop_reason, usage_to_anthropic
+from mlx_gateway.anthropic.stream import Event, StreamTranslator
+from mlx_gateway.parse.chat import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
@@ -20,9 +22,8 @@ from mlx_gateway.openai import (
     ToolCall,
     Usage,
 )
-from mlx_gateway.stream import Event, StreamTranslator
-from mlx_gateway.think import opened_by_prompt
-from mlx_gateway.translate import anthropic_stop_reason, parse_tool_arguments, usage_to_anthropic
+from mlx_gateway.parse.think import opened_by_prompt
+from mlx_gateway.parse.toolargs import parse_tool_arguments
 
 _text_decoder = msgspec.json.Decoder(str)
 

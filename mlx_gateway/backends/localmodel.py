@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlx_gateway.tokens import REASONING_FIELDS, Json, content_text, tools_as_values
+from mlx_gateway.backends.tokens import REASONING_FIELDS, Json, content_text, tools_as_values
 
 if TYPE_CHECKING:
     from jinja2 import Template

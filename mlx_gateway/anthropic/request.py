@@ -1,7 +1,8 @@
-"""Pure translation: Anthropic Messages request -> OpenAI chat request, and the small pieces of
-the answer's translation that both answer paths share (stop reasons, usage, tool arguments).
-The answer itself is translated in stream.py, one state machine for streams and whole answers.
-No I/O; every function takes what it needs and returns new data.
+"""Pure translation: Anthropic Messages request -> OpenAI chat request.
+
+The answer is translated in stream.py, one state machine for streams and whole answers, with
+the pieces both answer paths share in outcome.py. No I/O; every function takes what it needs
+and returns new data.
 """
 
 from __future__ import annotations
@@ -11,24 +12,13 @@ from typing import Any, TypeGuard, cast
 
 import msgspec
 
-from mlx_gateway import anthropic as an
-from mlx_gateway.backends import BackendProfile
-from mlx_gateway.openai import Usage
-from mlx_gateway.stops import resolve_stop_sequence
+from mlx_gateway.anthropic import types as an
+from mlx_gateway.backends.profiles import BackendProfile
 
 log = logging.getLogger("mlx_gateway.translate")
 
-STOP_REASONS: dict[str | None, str] = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-    None: "end_turn",
-}
 BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
 TOOL_ERROR_MARK = "[tool error] "
-RAW_ARGUMENTS_KEY = "_raw_arguments"
 
 _json = msgspec.json.Encoder()
 _any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
@@ -344,85 +334,3 @@ def _copy_tools(request: an.MessagesRequest, body: Json, profile: BackendProfile
         body["tool_choice"] = to_openai_tool_choice(choice)
         if choice.disable_parallel_tool_use:
             body["parallel_tool_calls"] = False
-
-
-# ---- response: OpenAI -> Anthropic ------------------------------------------------------------
-
-
-def parse_tool_arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
-    """Arguments as an object. Broken JSON is repaired where possible; otherwise the raw text is
-    kept under RAW_ARGUMENTS_KEY so the call is never dropped silently."""
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments is None or not arguments.strip():
-        return {}
-    try:
-        parsed = _any_decoder.decode(arguments)
-    except msgspec.DecodeError:
-        parsed = _repair_json(arguments)
-    if isinstance(parsed, dict):
-        return parsed
-    log.warning("tool call arguments are not a JSON object; kept raw: %.200s", arguments)
-    return {RAW_ARGUMENTS_KEY: arguments}
-
-
-def _repair_json(text: str) -> Any:
-    from json_repair import repair_json  # imported lazily: only broken output pays for it
-
-    try:
-        return repair_json(text, return_objects=True)
-    except Exception:  # the repair library has no narrow error type; any failure means "keep raw"
-        return None
-
-
-def anthropic_stop_reason(
-    finish_reason: str | None,
-    *,
-    tool_use: bool = False,
-    matched: str | None = None,
-    stop_sequences: list[str] | None = None,
-    backend_stop: str | int | None = None,
-) -> tuple[str, str | None]:
-    """`stop_reason` and `stop_sequence` of an answer: `tool_use` when it made a call, `matched`
-    when the gateway cut it at a stop sequence, `backend_stop` as vLLM reports it."""
-    # A limit hit inside a tool call is still max_tokens, as the real API reports it.
-    if finish_reason == "length":
-        return "max_tokens", None
-    if tool_use:
-        return "tool_use", None
-    if finish_reason == "tool_calls":
-        # mlx_lm.server says tool_calls even when it could not parse the call it dropped.
-        return "end_turn", None
-    if matched is not None:
-        return "stop_sequence", matched
-    reason = STOP_REASONS.get(finish_reason, "end_turn")
-    if reason == "end_turn" and stop_sequences:
-        sequence = resolve_stop_sequence(stop_sequences, finish_reason, backend_stop, "")
-        if sequence is not None:
-            return "stop_sequence", sequence
-    return reason, None
-
-
-def usage_to_anthropic(
-    usage: Usage | None, estimated_input: int = 0, estimated_output: int = 0
-) -> Json:
-    """Anthropic counts cached prompt tokens apart from `input_tokens`; the sum is the prompt."""
-    if usage is None:
-        return {"input_tokens": estimated_input, "output_tokens": estimated_output}
-    cached = (usage.prompt_tokens_details.cached_tokens or 0) if usage.prompt_tokens_details else 0
-    result: Json = {
-        "input_tokens": max(usage.prompt_tokens - cached, 0),
-        "output_tokens": usage.completion_tokens,
-    }
-    if (
-        usage.prompt_tokens_details is not None
-        and usage.prompt_tokens_details.cached_tokens is not None
-    ):
-        result["cache_read_input_tokens"] = cached
-    return result
-
-
-def thinking_signature(message_id: str) -> str:
-    """Clients must echo thinking blocks back with a signature; the gateway drops them on the way
-    in, so any stable opaque value serves."""
-    return f"mlxgw-{message_id}"

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import msgspec
 from granian.constants import HTTPModes, Interfaces
 from granian.log import LogLevels
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported by granian
@@ -66,6 +67,12 @@ class Reply:
 
 
 JSON_HEADERS: Headers = [("content-type", "application/json")]
+
+_json = msgspec.json.Encoder()
+
+
+def json_reply(body: Any, status: int = 200) -> Reply:
+    return Reply(_json.encode(body), status)
 
 
 class EventStream:

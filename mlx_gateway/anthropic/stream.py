@@ -23,19 +23,24 @@ from typing import Any
 
 import msgspec
 
-from mlx_gateway.errors import GatewayError
-from mlx_gateway.openai import ChatCompletionChunk, Delta, ToolCall, Usage
-from mlx_gateway.partialjson import closing_suffix, is_json_object
-from mlx_gateway.stops import StopSequenceCutter
-from mlx_gateway.textcalls import TextToolCallExtractor, ToolCallArgs, ToolCallEnd, ToolCallStart
-from mlx_gateway.textruns import TextRun
-from mlx_gateway.think import ThinkSplitter
-from mlx_gateway.translate import (
+from mlx_gateway.anthropic.outcome import (
     anthropic_stop_reason,
-    json_text,
     thinking_signature,
     usage_to_anthropic,
 )
+from mlx_gateway.anthropic.request import json_text
+from mlx_gateway.errors import GatewayError
+from mlx_gateway.parse.chat import ChatCompletionChunk, ToolCall, Usage, lone_delta
+from mlx_gateway.parse.partialjson import closing_suffix, is_json_object
+from mlx_gateway.parse.stops import StopSequenceCutter
+from mlx_gateway.parse.textcalls import (
+    TextToolCallExtractor,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+)
+from mlx_gateway.parse.textruns import TextRun
+from mlx_gateway.parse.think import ThinkSplitter
 
 log = logging.getLogger("mlx_gateway.stream")
 
@@ -99,6 +104,11 @@ class StreamTranslator:
         self._plain = False
 
     # ---- driving ------------------------------------------------------------------------------
+
+    @property
+    def ping(self) -> Event:
+        """The event that stands for a backend keepalive (parse/chunkreader.py)."""
+        return PING
 
     def start(self) -> list[Event]:
         message: Event = {
@@ -178,7 +188,7 @@ class StreamTranslator:
     def _simple_piece(self, chunk: ChatCompletionChunk) -> tuple[str, str]:
         """("text", t) or ("thinking", t) for a chunk that carries only that, where `feed` would
         send it on unchanged; ("", "") for any other chunk."""
-        delta = _lone_delta(chunk)
+        delta = lone_delta(chunk)
         if delta is None:
             return _NOT_SIMPLE
         reasoning = delta.reasoning_content or delta.reasoning
@@ -381,27 +391,9 @@ class StreamTranslator:
         )
 
 
-_LT = 0x3C  # searched as an int: see app._LF
+_LT = 0x3C  # searched as an int: see parse/chunkreader.py
 
 
 def _escapes_lt(escaped: bytes) -> bool:
     """Whether JSON text holds `<` written as an escape (Go servers such as Ollama do that)."""
     return escaped.find(b"\\u003c") >= 0 or escaped.find(b"\\u003C") >= 0
-
-
-def plain_text(chunk: ChatCompletionChunk) -> str:
-    """The text of a chunk that carries text and nothing else; "" for any other chunk."""
-    delta = _lone_delta(chunk)
-    if delta is None or delta.reasoning_content or delta.reasoning:
-        return ""
-    return delta.content or ""
-
-
-def _lone_delta(chunk: ChatCompletionChunk) -> Delta | None:
-    """The delta of a chunk that has one choice, no usage, no finish and no tool call."""
-    if chunk.usage is not None or len(chunk.choices) != 1:
-        return None
-    choice = chunk.choices[0]
-    if choice.finish_reason is not None or choice.delta.tool_calls:
-        return None
-    return choice.delta

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from mlx_gateway.backends import BackendProfile
-from mlx_gateway.context import context_overflow_error
+import msgspec
+
+from mlx_gateway.backends.context import context_overflow_error
+from mlx_gateway.backends.httpclient import (
+    ConnectError,
+    HttpClient,
+    PayloadError,
+    Response,
+    TransportError,
+)
+from mlx_gateway.backends.profiles import BackendProfile
 from mlx_gateway.errors import (
     BackendFailed,
     BackendRejected,
@@ -17,14 +27,6 @@ from mlx_gateway.errors import (
     GatewayError,
     InvalidRequest,
 )
-from mlx_gateway.httpclient import (
-    ConnectError,
-    HttpClient,
-    PayloadError,
-    Response,
-    TransportError,
-)
-from mlx_gateway.openai import error_message_from_body
 
 CHAT_PATH = "/v1/chat/completions"
 _ACCEPT_JSON = b"Accept: application/json\r\n"
@@ -157,3 +159,25 @@ class _Pieces:
     async def __anext__(self) -> bytes:
         with self._errors:
             return await self._response.__anext__()
+
+
+_object_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+
+def error_message_from_body(body: bytes) -> str:
+    """The human part of a backend error body: `{"error": "..."}` (mlx_lm), `{"error": {"message"}}`
+    (OpenAI, vLLM, llama.cpp, Ollama), `{"detail": ...}` (FastAPI servers), or the raw text."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        parsed = _object_decoder.decode(body)
+    except msgspec.DecodeError:
+        return text[:2000]
+    if isinstance(parsed, dict):
+        error = parsed.get("error", parsed.get("detail", parsed.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if isinstance(error, str):
+            return error
+        if error is not None:
+            return msgspec.json.encode(error).decode()
+    return text[:2000]

@@ -31,15 +31,14 @@ from typing import Any, Protocol
 
 import msgspec
 
-from mlx_gateway.backends import BackendProfile
-from mlx_gateway.errors import GatewayError, PromptTooLong
-from mlx_gateway.localmodel import (
+from mlx_gateway.backends.localmodel import (
     LocalTokenizer,
     build_local_tokenizer,
     find_model_folder,
     read_model_files,
 )
-from mlx_gateway.tokens import (
+from mlx_gateway.backends.profiles import BackendProfile
+from mlx_gateway.backends.tokens import (
     Json,
     TokenCount,
     apply_template_body,
@@ -50,6 +49,7 @@ from mlx_gateway.tokens import (
     prompt_part,
     text_tokenize_body,
 )
+from mlx_gateway.errors import GatewayError, PromptTooLong
 
 log = logging.getLogger("mlx_gateway.context")
 

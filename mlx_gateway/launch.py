@@ -17,8 +17,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+from mlx_gateway.backends.aliases import ModelRouter
 from mlx_gateway.config import Config
-from mlx_gateway.models import ModelRouter
 
 INSTALL_HINT = (
     "Claude Code is not installed (no `claude` on PATH). Install it with:\n"

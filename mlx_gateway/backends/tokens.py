@@ -1,7 +1,7 @@
 """Prompt token counts, for `POST /v1/messages/count_tokens` and for fitting the context window.
 
 What is counted is the prompt part of the OpenAI request the gateway sends for the same body
-(`count_request`), so system, messages and tools go through the same translation, billing header
+(anthropic/count.py), so system, messages and tools go through the same translation, billing header
 removal included. Three ways to count, best first; the backend profile says which apply:
 
 * the server counts it (vLLM's `/tokenize`; llama.cpp's `/apply-template`, then `/tokenize`): the
@@ -24,16 +24,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
-
-from mlx_gateway import anthropic as an
-from mlx_gateway.backends import BackendProfile
-from mlx_gateway.translate import to_openai_request
-
-if TYPE_CHECKING:
-    pass
 
 Json = dict[str, Any]
 
@@ -51,20 +44,6 @@ class TokenCount:
 
 
 # ---- what is counted --------------------------------------------------------------------------
-
-
-def count_request(request: an.CountTokensRequest, *, model: str, profile: BackendProfile) -> Json:
-    """The prompt part of what `/v1/messages` would send for the same body."""
-    as_messages = an.MessagesRequest(
-        model=request.model,
-        messages=request.messages,
-        max_tokens=1,
-        system=request.system,
-        tools=request.tools,
-        tool_choice=request.tool_choice,
-        thinking=request.thinking,
-    )
-    return prompt_part(to_openai_request(as_messages, model=model, profile=profile, stream=False))
 
 
 def prompt_part(body: Json) -> Json:

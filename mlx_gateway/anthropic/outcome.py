@@ -1,0 +1,73 @@
+"""How an answer ended and what it cost, in Anthropic's terms: the pieces that the stream
+machine (stream.py) and the whole-answer path (answer.py) share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlx_gateway.parse.chat import Usage
+from mlx_gateway.parse.stops import resolve_stop_sequence
+
+Json = dict[str, Any]
+
+STOP_REASONS: dict[str | None, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+    None: "end_turn",
+}
+
+
+def anthropic_stop_reason(
+    finish_reason: str | None,
+    *,
+    tool_use: bool = False,
+    matched: str | None = None,
+    stop_sequences: list[str] | None = None,
+    backend_stop: str | int | None = None,
+) -> tuple[str, str | None]:
+    """`stop_reason` and `stop_sequence` of an answer: `tool_use` when it made a call, `matched`
+    when the gateway cut it at a stop sequence, `backend_stop` as vLLM reports it."""
+    # A limit hit inside a tool call is still max_tokens, as the real API reports it.
+    if finish_reason == "length":
+        return "max_tokens", None
+    if tool_use:
+        return "tool_use", None
+    if finish_reason == "tool_calls":
+        # mlx_lm.server says tool_calls even when it could not parse the call it dropped.
+        return "end_turn", None
+    if matched is not None:
+        return "stop_sequence", matched
+    reason = STOP_REASONS.get(finish_reason, "end_turn")
+    if reason == "end_turn" and stop_sequences:
+        sequence = resolve_stop_sequence(stop_sequences, finish_reason, backend_stop, "")
+        if sequence is not None:
+            return "stop_sequence", sequence
+    return reason, None
+
+
+def usage_to_anthropic(
+    usage: Usage | None, estimated_input: int = 0, estimated_output: int = 0
+) -> Json:
+    """Anthropic counts cached prompt tokens apart from `input_tokens`; the sum is the prompt."""
+    if usage is None:
+        return {"input_tokens": estimated_input, "output_tokens": estimated_output}
+    cached = (usage.prompt_tokens_details.cached_tokens or 0) if usage.prompt_tokens_details else 0
+    result: Json = {
+        "input_tokens": max(usage.prompt_tokens - cached, 0),
+        "output_tokens": usage.completion_tokens,
+    }
+    if (
+        usage.prompt_tokens_details is not None
+        and usage.prompt_tokens_details.cached_tokens is not None
+    ):
+        result["cache_read_input_tokens"] = cached
+    return result
+
+
+def thinking_signature(message_id: str) -> str:
+    """Clients must echo thinking blocks back with a signature; the gateway drops them on the way
+    in, so any stable opaque value serves."""
+    return f"mlxgw-{message_id}"

@@ -1,0 +1,124 @@
+"""OpenAI Chat Completions as backends answer it, decoded in one pass: the vocabulary every
+wing's answer translation reads.
+
+Requests to backends are built as plain dicts (they are only ever encoded). Answers are decoded
+into Structs: typed access, unknown fields ignored, and a shape error is a BadBackendResponse.
+Fields that only some servers send (`reasoning_content` from vLLM/llama.cpp/DeepSeek,
+`reasoning` from mlx_lm.server and Ollama, vLLM's `stop_reason`) are all declared here, so the
+core sees one shape. Structs are declared with `gc=False`: they form trees, never cycles, so the
+cyclic collector need not track them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from mlx_gateway.errors import BadBackendResponse
+
+
+class FunctionCall(msgspec.Struct, gc=False):
+    name: str | None = None
+    # Some servers send the arguments already parsed as an object instead of a JSON string.
+    arguments: str | dict[str, Any] | None = None
+
+
+class ToolCall(msgspec.Struct, gc=False):
+    id: str | None = None
+    function: FunctionCall | None = None
+    index: int | None = None
+
+
+class ResponseMessage(msgspec.Struct, gc=False):
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class PromptTokensDetails(msgspec.Struct, gc=False):
+    cached_tokens: int | None = None
+
+
+class Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class Choice(msgspec.Struct, gc=False):
+    message: ResponseMessage = msgspec.field(default_factory=ResponseMessage)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+class ChatCompletion(msgspec.Struct, gc=False):
+    choices: list[Choice] = msgspec.field(default_factory=list)
+    usage: Usage | None = None
+
+
+class Delta(msgspec.Struct, gc=False):
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class ChunkChoice(msgspec.Struct, gc=False):
+    delta: Delta = msgspec.field(default_factory=Delta)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, gc=False):
+    choices: list[ChunkChoice] = msgspec.field(default_factory=list)
+    usage: Usage | None = None
+
+
+_completion_decoder = msgspec.json.Decoder(ChatCompletion)
+_chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
+_chunks_decoder = msgspec.json.Decoder(list[ChatCompletionChunk])
+
+
+def decode_completion(body: bytes) -> ChatCompletion:
+    try:
+        return _completion_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadBackendResponse(f"backend answer is not a chat completion: {exc}") from None
+
+
+def decode_chunk(data: bytes | str) -> ChatCompletionChunk:
+    try:
+        return _chunk_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadBackendResponse(
+            f"backend stream chunk is not a chat completion chunk: {exc}"
+        ) from None
+
+
+def decode_chunk_array(array: bytes, count: int) -> list[ChatCompletionChunk] | None:
+    """``count`` chunks given as one JSON array, or None when it holds anything else."""
+    try:
+        chunks = _chunks_decoder.decode(array)
+    except msgspec.DecodeError:
+        return None
+    return chunks if len(chunks) == count else None
+
+
+def plain_text(chunk: ChatCompletionChunk) -> str:
+    """The text of a chunk that carries text and nothing else; "" for any other chunk."""
+    delta = lone_delta(chunk)
+    if delta is None or delta.reasoning_content or delta.reasoning:
+        return ""
+    return delta.content or ""
+
+
+def lone_delta(chunk: ChatCompletionChunk) -> Delta | None:
+    """The delta of a chunk that has one choice, no usage, no finish and no tool call."""
+    if chunk.usage is not None or len(chunk.choices) != 1:
+        return None
+    choice = chunk.choices[0]
+    if choice.finish_reason is not None or choice.delta.tool_calls:
+        return None
+    return choice.delta

@@ -1,0 +1,96 @@
+"""The app: the route table, the small routes (models, health), and errors rendered in the
+caller's protocol."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+
+from mlx_gateway.config import Config
+from mlx_gateway.errors import GatewayError, anthropic_error_body, openai_error_body
+from mlx_gateway.server.chat import ChatRoutes
+from mlx_gateway.server.messages import MessagesRoutes
+from mlx_gateway.server.rsgi import (
+    JSON_HEADERS,
+    EventStream,
+    Handler,
+    Reply,
+    Request,
+    RSGIApp,
+    json_reply,
+)
+from mlx_gateway.server.state import GatewayState
+
+log = logging.getLogger("mlx_gateway")
+
+_json = msgspec.json.Encoder()
+
+
+class InfoRoutes:
+    """What the gateway serves and whether it is up."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def models(self, _: Request) -> Reply | EventStream:
+        created = int(time.time())
+        router = self.state.router
+        names = router.served_models() + router.alias_names()
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "mlx-gateway"}
+            for name in names
+        ]
+        return json_reply({"object": "list", "data": data})
+
+    async def health(self, _: Request) -> Reply | EventStream:
+        config = self.state.config
+        return json_reply(
+            {
+                "status": "ok",
+                "service": "mlx-gateway",
+                "backend": config.backend_base_url,
+                "model": config.mlx_model,
+            }
+        )
+
+
+def speaks_anthropic(request: Request) -> bool:
+    """Errors go out in the caller's protocol: the path says it, else Anthropic's headers do."""
+    path = request.path
+    if path.startswith("/v1/messages"):
+        return True
+    if path.startswith(("/v1/chat", "/v1/models", "/v1/completions", "/v1/embeddings")):
+        return False
+    return "anthropic-version" in request.headers or "x-api-key" in request.headers
+
+
+def error_reply(request: Request, error: GatewayError) -> Reply:
+    level = logging.WARNING if error.status >= 500 else logging.INFO
+    log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
+    body = anthropic_error_body(error) if speaks_anthropic(request) else openai_error_body(error)
+    retry = "true" if error.retryable else "false"
+    return Reply(_json.encode(body), error.status, [*JSON_HEADERS, ("x-should-retry", retry)])
+
+
+def create_app(config: Config) -> RSGIApp:
+    """Builds the app; the backend pool is opened when serving starts and closed when it ends."""
+    state = GatewayState(config)
+    messages, chat, info = MessagesRoutes(state), ChatRoutes(state), InfoRoutes(state)
+    chat_route: dict[str, Handler] = {"POST": chat.chat_completions}
+    routes: dict[str, dict[str, Handler]] = {
+        "/v1/messages": {"POST": messages.messages},
+        "/v1/messages/count_tokens": {"POST": messages.count_tokens},
+        "/v1/chat/completions": chat_route,
+        "/chat/completions": chat_route,
+        "/v1/models": {"GET": info.models, "HEAD": info.models},
+        "/health": {"GET": info.health, "HEAD": info.health},
+    }
+    return RSGIApp(
+        routes,
+        error_reply,
+        max_body_bytes=int(config.max_body_mb * 1024 * 1024),
+        on_start=state.upstream.start,
+        on_stop=state.upstream.close,
+    )

@@ -1,0 +1,98 @@
+"""The Anthropic Messages routes: `POST /v1/messages` and `POST /v1/messages/count_tokens`."""
+
+from __future__ import annotations
+
+import msgspec
+
+from mlx_gateway.anthropic import types as an
+from mlx_gateway.anthropic.answer import assemble_message, to_anthropic_message
+from mlx_gateway.anthropic.count import count_request
+from mlx_gateway.anthropic.request import gateway_watches_stops, to_openai_request
+from mlx_gateway.anthropic.stream import Event, StreamTranslator
+from mlx_gateway.parse.chat import decode_completion
+from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
+from mlx_gateway.server.state import GatewayState
+from mlx_gateway.server.streaming import (
+    EVENT_STREAM_HEADERS,
+    EventWriter,
+    relay_anthropic,
+    translated_batches,
+)
+
+_json = msgspec.json.Encoder()
+
+
+class MessagesRoutes:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def messages(self, request: Request) -> Reply | EventStream:
+        state = self.state
+        parsed = an.decode_messages_request(request.body)
+        model = state.router.resolve(parsed.model)
+        upstream_stream = parsed.stream or gateway_watches_stops(parsed, state.profile)
+        payload = to_openai_request(
+            parsed, model=model, profile=state.profile, stream=upstream_stream
+        )
+        # Before any stream starts: a prompt that cannot fit is a 400, an answer limit that
+        # would run past the window is lowered (nothing is counted while no window is known).
+        max_tokens, prompt = await state.context.fit(model, payload, parsed.max_tokens)
+        payload["max_tokens"] = max_tokens
+        body = _json.encode(payload)
+        if upstream_stream:
+            translator = StreamTranslator(
+                model=model,
+                message_id=state.message_ids.new(),
+                estimated_input_tokens=(
+                    prompt.tokens if prompt else estimate_tokens(len(request.body))
+                ),
+                stop_sequences=parsed.stop_sequences,
+            )
+            if parsed.stream:
+                return await self._stream(request, body, translator)
+            return json_reply(await self._collect(body, translator))
+        answer = await state.upstream.complete(body)
+        message = to_anthropic_message(
+            decode_completion(answer),
+            model=model,
+            message_id=state.message_ids.new(),
+            stop_sequences=parsed.stop_sequences,
+        )
+        return json_reply(message)
+
+    async def count_tokens(self, request: Request) -> Reply | EventStream:
+        """Counts the prompt of the request `/v1/messages` would send for the same body."""
+        parsed = an.decode_count_tokens_request(request.body)
+        model = self.state.router.resolve(parsed.model)
+        body = count_request(parsed, model=model, profile=self.state.profile)
+        counted = await self.state.context.count(model, body)
+        return json_reply({"input_tokens": counted.tokens})
+
+    async def _stream(
+        self, request: Request, body: bytes, translator: StreamTranslator
+    ) -> Reply | EventStream:
+        async with self.state.upstream.stream(body) as pieces:
+            stream = request.open_stream(EVENT_STREAM_HEADERS)
+            writer = EventWriter(stream)
+            heartbeat = self.state.heartbeat
+            heartbeat.watch(writer)
+            try:
+                await writer.send(translator.start())
+                await writer.close(await relay_anthropic(pieces, translator, writer))
+            finally:
+                heartbeat.forget(writer)
+        return stream
+
+    async def _collect(self, body: bytes, translator: StreamTranslator) -> Event:
+        """A non-streaming answer read from a backend stream, for when the gateway must watch
+        the text as it comes (stop sequences): generation ends as soon as one is seen."""
+        async with self.state.upstream.stream(body) as pieces:
+            events = translator.start()
+            async for batch in translated_batches(pieces, translator):
+                events += batch
+        return assemble_message(events + translator.finish())
+
+
+def estimate_tokens(byte_count: int) -> int:
+    """A first figure for message_start; the final usage carries the backend's real count."""
+    return max(byte_count // 4, 1)
