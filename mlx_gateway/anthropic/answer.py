@@ -14,13 +14,10 @@ from mlx_gateway.anthropic.outcome import anthropic_stop_reason, usage_to_anthro
 from mlx_gateway.anthropic.stream import Event, StreamTranslator
 from mlx_gateway.parse.chat import (
     ChatCompletion,
-    ChatCompletionChunk,
     Choice,
-    ChunkChoice,
-    Delta,
     ResponseMessage,
-    ToolCall,
     Usage,
+    completion_as_chunk,
 )
 from mlx_gateway.parse.think import opened_by_prompt
 from mlx_gateway.parse.toolargs import parse_tool_arguments
@@ -88,9 +85,7 @@ def to_anthropic_message(
         starts_in_reasoning=opened_by_prompt(content),
     )
     events = translator.start()
-    events += translator.feed(
-        ChatCompletionChunk(choices=_as_chunk_choices(choice), usage=completion.usage)
-    )
+    events += translator.feed(completion_as_chunk(completion))
     return assemble_message(events + translator.finish())
 
 
@@ -114,22 +109,3 @@ def _text_message(choice: Choice, usage: Usage | None, *, model: str, message_id
         "stop_sequence": stop_sequence,
         "usage": usage_to_anthropic(usage, 0, 1 if text else 0),
     }
-
-
-def _as_chunk_choices(choice: Choice | None) -> list[ChunkChoice]:
-    if choice is None:
-        return []
-    message = choice.message
-    calls = [
-        ToolCall(id=call.id, function=call.function, index=position)
-        for position, call in enumerate(message.tool_calls or [])
-    ]
-    delta = Delta(
-        content=message.content,
-        tool_calls=calls or None,
-        reasoning_content=message.reasoning_content,
-        reasoning=message.reasoning,
-    )
-    return [
-        ChunkChoice(delta=delta, finish_reason=choice.finish_reason, stop_reason=choice.stop_reason)
-    ]

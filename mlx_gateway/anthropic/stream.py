@@ -6,20 +6,12 @@ The async edge only drives it: `start()` once, `feed(chunk)` per backend chunk (
 backend stream or `fail(error)` when it broke. Every method returns the events to send, in
 order, as plain dicts whose `type` is also the SSE event name.
 
-Anthropic allows one open content block at a time, so blocks are opened lazily and closed as
-soon as content of another kind (or another tool call) arrives: thinking, text and tool_use
-blocks appear in the order the model produced them. Reasoning arrives in three ways (the
-`reasoning_content` or `reasoning` delta fields, or inline `<think>` tags) and always becomes a
-thinking block; tool calls arrive as `tool_calls` deltas or, from servers without a tool parser,
-as `<tool_call>` text, and always become tool_use blocks whose arguments are forwarded as they
-arrive (reasoning that comes while a text call is open follows the call). Nothing per chunk
-depends on the length of the answer so far.
+How chunks become blocks (reasoning, text, tool calls, one open at a time, in the order the model
+produced them) is shared with the other wings in parse/blocks.py; this module renders the blocks
+as Anthropic's content_block events, with a signature on each thinking block.
 """
 
 from __future__ import annotations
-
-import logging
-from typing import Any
 
 import msgspec
 
@@ -28,49 +20,20 @@ from mlx_gateway.anthropic.outcome import (
     thinking_signature,
     usage_to_anthropic,
 )
-from mlx_gateway.anthropic.request import json_text
 from mlx_gateway.errors import GatewayError
-from mlx_gateway.parse.chat import ChatCompletionChunk, ToolCall, Usage, lone_delta
-from mlx_gateway.parse.partialjson import closing_suffix, is_json_object
-from mlx_gateway.parse.stops import StopSequenceCutter
-from mlx_gateway.parse.textcalls import (
-    TextToolCallExtractor,
-    ToolCallArgs,
-    ToolCallEnd,
-    ToolCallStart,
-)
-from mlx_gateway.parse.textruns import TextRun
-from mlx_gateway.parse.think import ThinkSplitter
+from mlx_gateway.parse.blocks import BlockStream, Event
 
-log = logging.getLogger("mlx_gateway.stream")
+__all__ = ["PING", "Event", "StreamTranslator"]
 
-Event = dict[str, Any]
 PING: Event = {"type": "ping"}
-_NOT_SIMPLE = ("", "")
+_EMPTY_BLOCKS: dict[str, Event] = {
+    "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+    "text": {"type": "text", "text": ""},
+}
 
 
-class StreamTranslator:
-    __slots__ = (
-        "_blocks",
-        "_estimated_input",
-        "_finish_reason",
-        "_has_tool_use",
-        "_held_reasoning",
-        "_message_id",
-        "_model",
-        "_open_kind",
-        "_open_tool_key",
-        "_output_pieces",
-        "_plain",
-        "_seen_tool_keys",
-        "_splitter",
-        "_stop_cutter",
-        "_stop_sequences",
-        "_text_calls",
-        "_tool_fragments",
-        "_usage",
-        "_vllm_stop",
-    )
+class StreamTranslator(BlockStream):
+    __slots__ = ("_estimated_input", "_message_id", "_model")
 
     def __init__(
         self,
@@ -81,27 +44,10 @@ class StreamTranslator:
         stop_sequences: list[str] | None = None,
         starts_in_reasoning: bool = False,
     ) -> None:
+        super().__init__(stop_sequences=stop_sequences, starts_in_reasoning=starts_in_reasoning)
         self._model = model
         self._message_id = message_id
         self._estimated_input = estimated_input_tokens
-        self._splitter = ThinkSplitter(starts_in_reasoning=starts_in_reasoning)
-        self._text_calls = TextToolCallExtractor()
-        self._stop_sequences = stop_sequences or []
-        self._stop_cutter = StopSequenceCutter(self._stop_sequences)
-        self._blocks = 0
-        self._open_kind: str | None = None
-        self._open_tool_key: object = None
-        self._seen_tool_keys: set[object] = set()
-        self._has_tool_use = False
-        self._finish_reason: str | None = None
-        self._vllm_stop: str | int | None = None
-        self._usage: Usage | None = None
-        self._output_pieces = 0
-        self._tool_fragments: list[str] = []
-        # Reasoning that arrives while a tool call written as text is open waits for its end.
-        self._held_reasoning: list[str] = []
-        # Whether plain text may skip the layers (see _passes_text); only they change it.
-        self._plain = False
 
     # ---- driving ------------------------------------------------------------------------------
 
@@ -123,106 +69,16 @@ class StreamTranslator:
         }
         return [{"type": "message_start", "message": message}, PING]
 
-    def feed(self, chunk: ChatCompletionChunk) -> list[Event]:
-        events: list[Event] = []
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        if not chunk.choices:
-            return events
-        choice = chunk.choices[0]
-        delta = choice.delta
-        reasoning = delta.reasoning_content or delta.reasoning
-        if reasoning:
-            self._thinking(reasoning, events)
-        content = delta.content
-        if content and self._stop_cutter.matched is None:
-            self._output_pieces += 1
-            if self._plain and "<" not in content:
-                self._text(content, events)  # what the layers below would do, at a tenth the cost
-            else:
-                self._content(self._stop_cutter.feed(content)[0], events)
-                self._plain = self._passes_text()
-        if delta.tool_calls:
-            for position, call in enumerate(delta.tool_calls):
-                self._tool_call_delta(position, call, events)
-        if choice.finish_reason is not None:
-            self._finish_reason = choice.finish_reason
-            self._vllm_stop = choice.stop_reason
-        return events
-
-    def feed_batch(self, chunks: list[ChatCompletionChunk]) -> list[Event]:
-        """The events of chunks that arrived together: what `feed` gives for each, except that a
-        run of plain text or of reasoning leaves as one delta. Only what already arrived is
-        joined, so nothing waits; a client of a fast backend then parses an event per network
-        read instead of one per token, and the gateway encodes one."""
-        events: list[Event] = []
-        run: list[str] = []
-        run_kind = ""
-        for chunk in chunks:
-            kind, text = self._simple_piece(chunk)
-            if run and kind != run_kind:
-                self._emit_run(run_kind, run, events)
-                run = []
-            if kind:
-                run_kind = kind
-                run.append(text)
-            else:
-                events += self.feed(chunk)
-        if run:
-            self._emit_run(run_kind, run, events)
-        return events
-
-    def feed_escaped_text(self, run: TextRun) -> list[Event] | None:
-        """A run of plain text chunks whose texts are still JSON-escaped (textruns.py): what
-        feed_batch gives for them, one delta carrying the texts as they came. None when plain
-        text may not skip the layers now, or the texts hold a ``<``: the caller decodes them."""
-        escaped = run.escaped
-        if not self._plain or _LT in escaped or _escapes_lt(escaped):
-            return None
-        events: list[Event] = []
-        if escaped:
-            self._output_pieces += run.pieces
-            self._text(msgspec.Raw(b'"' + escaped + b'"'), events)
-        return events
-
-    def _simple_piece(self, chunk: ChatCompletionChunk) -> tuple[str, str]:
-        """("text", t) or ("thinking", t) for a chunk that carries only that, where `feed` would
-        send it on unchanged; ("", "") for any other chunk."""
-        delta = lone_delta(chunk)
-        if delta is None:
-            return _NOT_SIMPLE
-        reasoning = delta.reasoning_content or delta.reasoning
-        content = delta.content
-        if reasoning:
-            return _NOT_SIMPLE if content else ("thinking", reasoning)
-        if content and self._plain and "<" not in content:  # _plain: no stop sequences either
-            self._output_pieces += 1
-            return "text", content
-        return _NOT_SIMPLE
-
-    def _emit_run(self, kind: str, run: list[str], events: list[Event]) -> None:
-        text = "".join(run)  # a lone piece comes back as itself
-        if kind == "thinking":
-            self._thinking(text, events)
-        else:
-            self._text(text, events)
-
-    @property
-    def stopped(self) -> bool:
-        """A stop sequence was seen: the caller should end the backend request and finish()."""
-        return self._stop_cutter.matched is not None
-
     def finish(self) -> list[Event]:
         events: list[Event] = []
-        self._content(self._stop_cutter.finish(), events)
-        for kind, text in self._splitter.finish():
-            self._route(kind, text, events)
-        for item in self._text_calls.finish():
-            self._text_call_item(item, events)
-        self._close(events)
-        self._release_reasoning(events)
-        self._close(events)
-        stop_reason, stop_sequence = self._stop_reason()
+        self._flush(events)
+        stop_reason, stop_sequence = anthropic_stop_reason(
+            self._finish_reason,
+            tool_use=self._has_tool_use,
+            matched=self._stop_cutter.matched,
+            stop_sequences=self._stop_sequences,
+            backend_stop=self._vllm_stop,
+        )
         usage = usage_to_anthropic(self._usage, self._estimated_input, self._output_pieces)
         delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         events.append({"type": "message_delta", "delta": delta, "usage": usage})
@@ -236,164 +92,32 @@ class StreamTranslator:
             body["type"] = "api_error"
         return [{"type": "error", "error": body}]
 
-    # ---- content routing ----------------------------------------------------------------------
+    # ---- blocks as Anthropic events -----------------------------------------------------------
 
-    def _passes_text(self) -> bool:
-        """Whether text without ``<`` would come through every layer unchanged: no stop
-        sequence to watch, and neither a ``<think>`` nor a ``<tool_call>`` tag in progress.
-        Most chunks of most answers are such text, so they skip the layers."""
-        return (
-            not self._stop_cutter.watching
-            and self._splitter.passes_text
-            and self._text_calls.passes_text
-        )
-
-    def _content(self, text: str, events: list[Event]) -> None:
-        if text:
-            for kind, piece in self._splitter.feed(text):
-                self._route(kind, piece, events)
-
-    def _route(self, kind: str, text: str, events: list[Event]) -> None:
-        if kind == "thinking":
-            self._thinking(text, events)
-            return
-        for item in self._text_calls.feed(text):
-            self._text_call_item(item, events)
-
-    def _text_call_item(self, item: object, events: list[Event]) -> None:
-        if isinstance(item, ToolCallStart):
-            key = ("text", self._blocks)
-            self._open_tool(key, None, item.name, events)
-        elif isinstance(item, ToolCallArgs):
-            if item.fragment:
-                self._arguments(item.fragment, events)
-        elif isinstance(item, ToolCallEnd):
-            self._close(events)
-            self._release_reasoning(events)
+    def _on_open(self, kind: str, call_id: str | None, name: str, events: list[Event]) -> None:
+        if kind == "tool_use":
+            tool_id = call_id or f"toolu_{self._message_id[4:]}_{self._blocks}"
+            block: Event = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
         else:
-            self._text(item.text, events)  # type: ignore[attr-defined]
-
-    def _thinking(self, text: str, events: list[Event]) -> None:
-        if self._in_text_tool_call():
-            # The call's remaining text is still to come into its tool_use block, which must
-            # stay open: the reasoning follows the call as a block of its own.
-            self._held_reasoning.append(text)
-            return
-        if self._open_kind != "thinking":
-            self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, events)
-        events.append(self._delta({"type": "thinking_delta", "thinking": text}))
-
-    def _in_text_tool_call(self) -> bool:
-        key = self._open_tool_key
-        return self._open_kind == "tool_use" and isinstance(key, tuple) and key[0] == "text"
-
-    def _release_reasoning(self, events: list[Event]) -> None:
-        if self._held_reasoning:
-            held, self._held_reasoning = "".join(self._held_reasoning), []
-            self._thinking(held, events)
-
-    def _text(self, text: str | msgspec.Raw, events: list[Event]) -> None:
-        """`text` may still be JSON (a Raw string) when it came undecoded (textruns.py)."""
-        if not text:
-            return
-        if self._open_kind != "text":
-            self._open("text", {"type": "text", "text": ""}, events)
-        events.append(self._delta({"type": "text_delta", "text": text}))
-
-    def _tool_call_key(self, position: int, call: ToolCall) -> object:
-        """Which call a delta belongs to: its `index` when the server sends one; else a new id
-        or a new name starts a call, and a bare fragment continues the open one."""
-        if call.index is not None:
-            return ("index", call.index)
-        if call.id:
-            return ("id", call.id)
-        named = call.function is not None and bool(call.function.name)
-        if self._open_tool_key is not None and not named:
-            return self._open_tool_key
-        return ("position", self._blocks, position)
-
-    def _tool_call_delta(self, position: int, call: ToolCall, events: list[Event]) -> None:
-        key = self._tool_call_key(position, call)
-        function = call.function
-        fragment = function.arguments if function else None
-        if key != self._open_tool_key:
-            if key in self._seen_tool_keys:
-                log.warning(
-                    "dropping a fragment of tool call %s that arrived after a later one", key
-                )
-                return
-            self._open_tool(key, call.id, function.name if function else None, events)
-        if isinstance(fragment, dict):
-            fragment = json_text(fragment)
-        if fragment:
-            self._arguments(fragment, events)
-
-    def _arguments(self, fragment: str, events: list[Event]) -> None:
-        self._tool_fragments.append(fragment)
-        events.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
-
-    def _open_tool(
-        self, key: object, call_id: str | None, name: str | None, events: list[Event]
-    ) -> None:
-        self._has_tool_use = True
-        self._seen_tool_keys.add(key)
-        self._close(events)  # first, so that a made-up id carries this block's own index
-        tool_id = call_id or f"toolu_{self._message_id[4:]}_{self._blocks}"
-        start = {"type": "tool_use", "id": tool_id, "name": name or "", "input": {}}
-        self._open("tool_use", start, events)
-        self._open_tool_key = key
-
-    # ---- blocks -------------------------------------------------------------------------------
-
-    def _open(self, kind: str, block: Event, events: list[Event]) -> None:
-        self._close(events)
+            block = dict(_EMPTY_BLOCKS[kind])
         events.append(
             {"type": "content_block_start", "index": self._blocks, "content_block": block}
         )
-        self._open_kind = kind
 
-    def _close(self, events: list[Event]) -> None:
-        if self._open_kind is None:
-            return
-        if self._open_kind == "thinking":
+    def _on_text(self, text: str | msgspec.Raw, events: list[Event]) -> None:
+        events.append(self._delta({"type": "text_delta", "text": text}))
+
+    def _on_thinking(self, text: str, events: list[Event]) -> None:
+        events.append(self._delta({"type": "thinking_delta", "thinking": text}))
+
+    def _on_arguments(self, fragment: str, events: list[Event]) -> None:
+        events.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
+
+    def _on_close(self, kind: str, _arguments: str, events: list[Event]) -> None:
+        if kind == "thinking":
             signature = thinking_signature(self._message_id)
             events.append(self._delta({"type": "signature_delta", "signature": signature}))
-        elif self._open_kind == "tool_use":
-            self._close_arguments(events)
         events.append({"type": "content_block_stop", "index": self._blocks})
-        self._blocks += 1
-        self._open_kind = None
-        self._open_tool_key = None
-
-    def _close_arguments(self, events: list[Event]) -> None:
-        """Arguments cut short (the backend's token limit) are closed into a JSON object, since
-        what was already sent cannot be taken back and clients parse the joined fragments."""
-        arguments = "".join(self._tool_fragments)
-        self._tool_fragments = []
-        if not arguments or is_json_object(arguments):
-            return
-        suffix = closing_suffix(arguments)
-        if suffix:
-            events.append(self._delta({"type": "input_json_delta", "partial_json": suffix}))
-        elif suffix is None:
-            log.warning("tool call arguments are not JSON and cannot be closed: %.200s", arguments)
 
     def _delta(self, delta: Event) -> Event:
         return {"type": "content_block_delta", "index": self._blocks, "delta": delta}
-
-    def _stop_reason(self) -> tuple[str, str | None]:
-        return anthropic_stop_reason(
-            self._finish_reason,
-            tool_use=self._has_tool_use,
-            matched=self._stop_cutter.matched,
-            stop_sequences=self._stop_sequences,
-            backend_stop=self._vllm_stop,
-        )
-
-
-_LT = 0x3C  # searched as an int: see parse/chunkreader.py
-
-
-def _escapes_lt(escaped: bytes) -> bool:
-    """Whether JSON text holds `<` written as an escape (Go servers such as Ollama do that)."""
-    return escaped.find(b"\\u003c") >= 0 or escaped.find(b"\\u003C") >= 0

@@ -122,3 +122,26 @@ def lone_delta(chunk: ChatCompletionChunk) -> Delta | None:
     if choice.finish_reason is not None or choice.delta.tool_calls:
         return None
     return choice.delta
+
+
+def completion_as_chunk(completion: ChatCompletion) -> ChatCompletionChunk:
+    """A whole answer as the one chunk that carries all of it, for a wing's stream machine:
+    whole answers and streams then go through the same translation."""
+    choice = completion.choices[0] if completion.choices else None
+    if choice is None:
+        return ChatCompletionChunk(usage=completion.usage)
+    message = choice.message
+    calls = [
+        ToolCall(id=call.id, function=call.function, index=position)
+        for position, call in enumerate(message.tool_calls or [])
+    ]
+    delta = Delta(
+        content=message.content,
+        tool_calls=calls or None,
+        reasoning_content=message.reasoning_content,
+        reasoning=message.reasoning,
+    )
+    chunk_choice = ChunkChoice(
+        delta=delta, finish_reason=choice.finish_reason, stop_reason=choice.stop_reason
+    )
+    return ChatCompletionChunk(choices=[chunk_choice], usage=completion.usage)

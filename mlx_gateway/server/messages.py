@@ -15,7 +15,7 @@ from mlx_gateway.server.state import GatewayState
 from mlx_gateway.server.streaming import (
     EVENT_STREAM_HEADERS,
     EventWriter,
-    relay_anthropic,
+    relay,
     translated_batches,
 )
 
@@ -78,7 +78,7 @@ class MessagesRoutes:
             heartbeat.watch(writer)
             try:
                 await writer.send(translator.start())
-                await writer.close(await relay_anthropic(pieces, translator, writer))
+                await writer.close(await relay(pieces, translator, writer))
             finally:
                 heartbeat.forget(writer)
         return stream

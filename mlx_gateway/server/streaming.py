@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import msgspec
 
-from mlx_gateway.anthropic.stream import Event, StreamTranslator
 from mlx_gateway.errors import GatewayError
-from mlx_gateway.parse.chunkreader import ChunkReader
+from mlx_gateway.parse.blocks import Event
+from mlx_gateway.parse.chunkreader import ChunkReader, ChunkTranslator
 from mlx_gateway.parse.sse import encode_event
 from mlx_gateway.server.rsgi import EventStream, Headers
 
@@ -20,7 +21,8 @@ log = logging.getLogger("mlx_gateway")
 
 _json = msgspec.json.Encoder()
 
-_PING_BYTES = encode_event("ping", b'{"type":"ping"}')
+ANTHROPIC_PING = encode_event("ping", b'{"type":"ping"}')
+COMMENT_PING = b": ping\n\n"  # for protocols without a ping event (the Responses API)
 
 
 EVENT_STREAM_HEADERS: Headers = [
@@ -39,10 +41,11 @@ class EventWriter:
     """Encodes a batch of events into one write; `last_write` tells the heartbeat when the
     client last heard from the stream."""
 
-    __slots__ = ("_ping", "_stream", "last_write")
+    __slots__ = ("_ping", "_ping_bytes", "_stream", "last_write")
 
-    def __init__(self, stream: EventStream) -> None:
+    def __init__(self, stream: EventStream, ping_bytes: bytes = ANTHROPIC_PING) -> None:
         self._stream = stream
+        self._ping_bytes = ping_bytes
         self._ping: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.last_write = asyncio.get_running_loop().time()
 
@@ -61,7 +64,7 @@ class EventWriter:
     async def _send_ping(self) -> None:
         # A client that left, or a stream that ended meanwhile, is the stream's own task's affair.
         with contextlib.suppress(ConnectionResetError):
-            await self._stream.write(_PING_BYTES)
+            await self._stream.write(self._ping_bytes)
 
 
 class Heartbeat:
@@ -98,28 +101,39 @@ class Heartbeat:
         self._timer = loop.call_later(self._interval / 4, self._tick)
 
 
-async def relay_anthropic(
-    pieces: AsyncIterator[bytes], translator: StreamTranslator, writer: EventWriter
+class StreamMachine(ChunkTranslator[Event], Protocol):
+    """A wing's stream machine as the relay drives it (anthropic/stream.py, responses/stream.py)."""
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def finish(self) -> list[Event]: ...
+
+    def fail(self, error: GatewayError) -> list[Event]: ...
+
+
+async def relay(
+    pieces: AsyncIterator[bytes], machine: StreamMachine, writer: EventWriter
 ) -> list[Event]:
-    """Feeds the backend's bytes through the decoder and the translator; returns the closing
-    events (the normal end, or an error event when the backend broke after the 200)."""
+    """Feeds the backend's bytes through the decoder and the wing's machine; returns the closing
+    events (the normal end, or the protocol's failure when the backend broke after the 200)."""
     try:
-        async for batch in translated_batches(pieces, translator):
+        async for batch in translated_batches(pieces, machine):
             await writer.send(batch)
     except GatewayError as error:
         log.warning("backend stream failed: %s", error.message)
-        return translator.fail(error)
-    return translator.finish()
+        return machine.fail(error)
+    return machine.finish()
 
 
 async def translated_batches(
-    pieces: AsyncIterator[bytes], translator: StreamTranslator
+    pieces: AsyncIterator[bytes], machine: StreamMachine
 ) -> AsyncIterator[list[Event]]:
-    """The events for each piece of backend bytes, in order; ends early once the translator saw
+    """The events for each piece of backend bytes, in order; ends early once the machine saw
     a stop sequence (leaving the caller's block then closes the backend request)."""
-    reader = ChunkReader(translator)
+    reader = ChunkReader(machine)
     async for piece in pieces:
         yield reader.feed(piece)
-        if translator.stopped:
+        if machine.stopped:
             return
     yield reader.flush()
