@@ -8,12 +8,12 @@ and returns new data.
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeGuard, cast
+from typing import Any, TypeGuard
 
 import msgspec
 
 from mlx_gateway.anthropic import types as an
-from mlx_gateway.backends.profiles import BackendProfile
+from mlx_gateway.backends.profiles import BackendProfile, tool_parameters
 
 log = logging.getLogger("mlx_gateway.translate")
 
@@ -21,7 +21,6 @@ BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
 TOOL_ERROR_MARK = "[tool error] "
 
 _json = msgspec.json.Encoder()
-_any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 Json = dict[str, Any]
 
@@ -200,26 +199,6 @@ def to_openai_messages(
     return converted
 
 
-_NO_PARAMETERS = msgspec.Raw(b'{"type":"object","properties":{}}')
-
-
-def _parameters(schema: msgspec.Raw, keys_to_strip: tuple[str, ...]) -> msgspec.Raw | Json:
-    """The schema as the client wrote it, unless the backend needs keys removed."""
-    if len(schema) == 0:
-        return _NO_PARAMETERS
-    if not keys_to_strip:
-        return schema
-    return cast(Json, _strip_schema(_any_decoder.decode(schema), keys_to_strip))
-
-
-def _strip_schema(schema: Any, keys: tuple[str, ...]) -> Any:
-    if isinstance(schema, dict):
-        return {k: _strip_schema(v, keys) for k, v in schema.items() if k not in keys}
-    if isinstance(schema, list):
-        return [_strip_schema(item, keys) for item in schema]
-    return schema
-
-
 def loaded_tool_names(messages: list[an.Message]) -> set[str]:
     """Deferred tools that a tool search has loaded (its results name them in tool_reference
     blocks) are offered to the model from then on, as the real API does."""
@@ -258,7 +237,7 @@ def to_openai_tools(
             continue
         function: Json = {
             "name": tool.name,
-            "parameters": _parameters(tool.input_schema, profile.schema_keys_to_strip),
+            "parameters": tool_parameters(tool.input_schema, profile),
         }
         if tool.description:
             function["description"] = tool.description

@@ -11,12 +11,11 @@ cyclic collector need not track the thousands a long conversation makes.
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from mlx_gateway.errors import InvalidRequest
+from mlx_gateway.parse.validation import decode_request
 
 
 class CacheControlled(msgspec.Struct, tag_field="type", omit_defaults=True, gc=False):
@@ -179,48 +178,13 @@ class CountTokensRequest(msgspec.Struct, gc=False):
     thinking: ThinkingConfig | None = None
 
 
-_PATH_ITEM = re.compile(r"\[(\d+)\]")
-_AT_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
-
-
-def describe_validation_error(error: msgspec.ValidationError) -> str:
-    """`Expected int - at $.messages[2].max` -> `messages.2.max: Expected int` (the API's style)."""
-    match = _AT_PATH.match(str(error))
-    what, path = (match["what"], match["path"] or "") if match else (str(error), "")
-    dotted = _PATH_ITEM.sub(r".\1", path).lstrip(".")
-    field, separator, rest = what.partition(": ")  # a check of our own names its field
-    if separator and field.isidentifier():
-        dotted, what = f"{dotted}.{field}".lstrip("."), rest
-    missing = _MISSING.match(what)
-    if missing:
-        dotted = f"{dotted}.{missing['field']}".lstrip(".")
-        what = "Field required"
-    return f"{dotted}: {what}" if dotted else what
-
-
-_T = TypeVar("_T")
-
 _messages_decoder = msgspec.json.Decoder(MessagesRequest)
 _count_decoder = msgspec.json.Decoder(CountTokensRequest)
 
 
-def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(describe_validation_error(exc)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 in a string: the latter
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-
-
 def decode_messages_request(body: bytes) -> MessagesRequest:
-    if not body:
-        raise InvalidRequest("request body is empty; expected a JSON object")
-    return _decode(_messages_decoder, body)
+    return decode_request(_messages_decoder, body)
 
 
 def decode_count_tokens_request(body: bytes) -> CountTokensRequest:
-    if not body:
-        raise InvalidRequest("request body is empty; expected a JSON object")
-    return _decode(_count_decoder, body)
+    return decode_request(_count_decoder, body)

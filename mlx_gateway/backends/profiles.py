@@ -7,7 +7,10 @@ on a real server belong here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import urlsplit
+
+import msgspec
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +90,25 @@ def resolve_profile(backend: str, url: str) -> BackendProfile:
         return PROFILES[backend]
     port = urlsplit(url).port
     return PROFILES[_DEFAULT_PORTS.get(port or 0, "mlx_lm")]
+
+
+_NO_PARAMETERS = msgspec.Raw(b'{"type":"object","properties":{}}')
+_any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+
+def tool_parameters(schema: msgspec.Raw, profile: BackendProfile) -> msgspec.Raw | dict[str, Any]:
+    """A tool's JSON schema as the client wrote it, unless the backend needs keys removed."""
+    if len(schema) == 0:
+        return _NO_PARAMETERS
+    if not profile.schema_keys_to_strip:
+        return schema
+    stripped = _strip_schema(_any_decoder.decode(schema), profile.schema_keys_to_strip)
+    return cast(dict[str, Any], stripped)
+
+
+def _strip_schema(schema: Any, keys: tuple[str, ...]) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip_schema(v, keys) for k, v in schema.items() if k not in keys}
+    if isinstance(schema, list):
+        return [_strip_schema(item, keys) for item in schema]
+    return schema

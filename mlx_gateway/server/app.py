@@ -12,6 +12,7 @@ from mlx_gateway.config import Config
 from mlx_gateway.errors import GatewayError, anthropic_error_body, openai_error_body
 from mlx_gateway.server.chat import ChatRoutes
 from mlx_gateway.server.messages import MessagesRoutes
+from mlx_gateway.server.responses import ResponsesRoutes
 from mlx_gateway.server.rsgi import (
     JSON_HEADERS,
     EventStream,
@@ -56,12 +57,15 @@ class InfoRoutes:
         )
 
 
+_OPENAI_PATHS = ("/v1/chat", "/v1/models", "/v1/completions", "/v1/embeddings", "/v1/responses")
+
+
 def speaks_anthropic(request: Request) -> bool:
     """Errors go out in the caller's protocol: the path says it, else Anthropic's headers do."""
     path = request.path
     if path.startswith("/v1/messages"):
         return True
-    if path.startswith(("/v1/chat", "/v1/models", "/v1/completions", "/v1/embeddings")):
+    if path.startswith(_OPENAI_PATHS):
         return False
     return "anthropic-version" in request.headers or "x-api-key" in request.headers
 
@@ -78,12 +82,14 @@ def create_app(config: Config) -> RSGIApp:
     """Builds the app; the backend pool is opened when serving starts and closed when it ends."""
     state = GatewayState(config)
     messages, chat, info = MessagesRoutes(state), ChatRoutes(state), InfoRoutes(state)
+    responses = ResponsesRoutes(state)
     chat_route: dict[str, Handler] = {"POST": chat.chat_completions}
     routes: dict[str, dict[str, Handler]] = {
         "/v1/messages": {"POST": messages.messages},
         "/v1/messages/count_tokens": {"POST": messages.count_tokens},
         "/v1/chat/completions": chat_route,
         "/chat/completions": chat_route,
+        "/v1/responses": {"POST": responses.responses},
         "/v1/models": {"GET": info.models, "HEAD": info.models},
         "/health": {"GET": info.health, "HEAD": info.health},
     }

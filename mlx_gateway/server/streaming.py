@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import msgspec
 
+from mlx_gateway.anthropic.stream import PING
 from mlx_gateway.errors import GatewayError
 from mlx_gateway.parse.blocks import Event
 from mlx_gateway.parse.chunkreader import ChunkReader, ChunkTranslator
@@ -20,9 +21,6 @@ from mlx_gateway.server.rsgi import EventStream, Headers
 log = logging.getLogger("mlx_gateway")
 
 _json = msgspec.json.Encoder()
-
-ANTHROPIC_PING = encode_event("ping", b'{"type":"ping"}')
-COMMENT_PING = b": ping\n\n"  # for protocols without a ping event (the Responses API)
 
 
 EVENT_STREAM_HEADERS: Headers = [
@@ -41,21 +39,28 @@ class EventWriter:
     """Encodes a batch of events into one write; `last_write` tells the heartbeat when the
     client last heard from the stream."""
 
-    __slots__ = ("_ping", "_ping_bytes", "_stream", "last_write")
+    __slots__ = ("_encode", "_ping", "_ping_bytes", "_stream", "last_write")
 
-    def __init__(self, stream: EventStream, ping_bytes: bytes = ANTHROPIC_PING) -> None:
+    def __init__(
+        self,
+        stream: EventStream,
+        encode: Callable[[list[Event]], bytes] = encode_events,
+        ping: Event = PING,
+    ) -> None:
+        """`encode` and `ping`: the wing's event encoding and its ping (Anthropic's by default)."""
         self._stream = stream
-        self._ping_bytes = ping_bytes
+        self._encode = encode
+        self._ping_bytes = encode([ping])
         self._ping: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.last_write = asyncio.get_running_loop().time()
 
     async def send(self, events: list[Event]) -> None:
         if events:
             self.last_write = asyncio.get_running_loop().time()
-            await self._stream.write(encode_events(events))
+            await self._stream.write(self._encode(events))
 
     async def close(self, events: list[Event]) -> None:
-        await self._stream.close(encode_events(events))
+        await self._stream.close(self._encode(events))
 
     def ping(self, now: float) -> None:
         self.last_write = now

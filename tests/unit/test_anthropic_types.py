@@ -10,12 +10,9 @@ import msgspec
 import pytest
 
 from mlx_gateway.anthropic import types as an
-from mlx_gateway.anthropic.types import (
-    decode_count_tokens_request,
-    decode_messages_request,
-    describe_validation_error,
-)
+from mlx_gateway.anthropic.types import decode_count_tokens_request, decode_messages_request
 from mlx_gateway.errors import InvalidRequest
+from mlx_gateway.parse.validation import describe_validation_error
 
 Json = dict[str, Any]
 FIXTURE = Path(__file__).resolve().parents[1] / "e2e" / "fixtures" / "claude_code_request.json"

@@ -1,0 +1,82 @@
+"""The OpenAI Responses route: `POST /v1/responses` (what Codex CLI speaks), served statelessly
+over the backend's chat completions."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from mlx_gateway.parse.chat import decode_completion
+from mlx_gateway.responses.request import custom_tool_names, to_chat_request
+from mlx_gateway.responses.stream import (
+    PING,
+    ResponsesStream,
+    encode_events,
+    starts_in_reasoning,
+    whole_response,
+)
+from mlx_gateway.responses.types import ResponsesRequest, decode_responses_request
+from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
+from mlx_gateway.server.state import GatewayState
+from mlx_gateway.server.streaming import EVENT_STREAM_HEADERS, EventWriter, relay
+
+_json = msgspec.json.Encoder()
+
+# The answer limit when the client sets none and the window is unknown: servers' own defaults
+# (512 tokens for mlx_lm.server) would cut an agent's answers short.
+DEFAULT_MAX_OUTPUT_TOKENS = 32768
+
+
+class ResponsesRoutes:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def responses(self, request: Request) -> Reply | EventStream:
+        state = self.state
+        parsed = decode_responses_request(request.body)
+        model = state.router.resolve(parsed.model)
+        limit = parsed.max_output_tokens or await self._default_limit(model)
+        payload = to_chat_request(
+            parsed, model=model, profile=state.profile, stream=parsed.stream, max_tokens=limit
+        )
+        # As for /v1/messages: a prompt that cannot fit is a 400 before anything is streamed,
+        # and an answer limit that would run past the window is lowered.
+        max_tokens, prompt = await state.context.fit(model, payload, limit)
+        payload["max_tokens"] = max_tokens
+        body = _json.encode(payload)
+        if parsed.stream:
+            estimate = prompt.tokens if prompt else max(len(request.body) // 4, 1)
+            machine = self._machine(parsed, model, estimate, False)
+            return await self._stream(request, body, machine)
+        completion = decode_completion(await state.upstream.complete(body))
+        machine = self._machine(parsed, model, 0, starts_in_reasoning(completion))
+        return json_reply(whole_response(completion, machine))
+
+    async def _default_limit(self, model: str) -> int:
+        return await self.state.context.window(model) or DEFAULT_MAX_OUTPUT_TOKENS
+
+    def _machine(
+        self, parsed: ResponsesRequest, model: str, estimate: int, in_reasoning: bool
+    ) -> ResponsesStream:
+        return ResponsesStream(
+            model=model,
+            response_id="resp_" + self.state.message_ids.new()[4:],
+            created_at=int(time.time()),
+            estimated_input_tokens=estimate,
+            custom_tools=custom_tool_names(parsed),
+            starts_in_reasoning=in_reasoning,
+        )
+
+    async def _stream(self, request: Request, body: bytes, machine: ResponsesStream) -> EventStream:
+        async with self.state.upstream.stream(body) as pieces:
+            stream = request.open_stream(EVENT_STREAM_HEADERS)
+            writer = EventWriter(stream, encode_events, PING)
+            heartbeat = self.state.heartbeat
+            heartbeat.watch(writer)
+            try:
+                await writer.send(machine.start())
+                await writer.close(await relay(pieces, machine, writer))
+            finally:
+                heartbeat.forget(writer)
+        return stream
