@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import StartGateway
 from tests.support.gateway import GatewayProcess
+from tests.support.scripted_backend import Completion as ChatAnswer
 from tests.support.scripted_backend import (
     Drop,
     HttpError,
@@ -21,7 +22,6 @@ from tests.support.scripted_backend import (
     chunk,
     text_stream,
 )
-from tests.support.scripted_backend import Completion as ChatAnswer
 
 MODEL = "test-org/Test-Model-4bit"
 PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\n"
