@@ -12,12 +12,7 @@ from mlx_gateway.anthropic.stream import Event, StreamTranslator
 from mlx_gateway.parse.chat import decode_completion
 from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
 from mlx_gateway.server.state import GatewayState
-from mlx_gateway.server.streaming import (
-    EVENT_STREAM_HEADERS,
-    EventWriter,
-    relay,
-    translated_batches,
-)
+from mlx_gateway.server.streaming import translated_batches, write_stream
 
 _json = msgspec.json.Encoder()
 
@@ -72,16 +67,7 @@ class MessagesRoutes:
         self, request: Request, body: bytes, translator: StreamTranslator
     ) -> Reply | EventStream:
         async with self.state.upstream.stream(body) as pieces:
-            stream = request.open_stream(EVENT_STREAM_HEADERS)
-            writer = EventWriter(stream)
-            heartbeat = self.state.heartbeat
-            heartbeat.watch(writer)
-            try:
-                await writer.send(translator.start())
-                await writer.close(await relay(pieces, translator, writer))
-            finally:
-                heartbeat.forget(writer)
-        return stream
+            return await write_stream(request, pieces, translator, self.state.heartbeat)
 
     async def _collect(self, body: bytes, translator: StreamTranslator) -> Event:
         """A non-streaming answer read from a backend stream, for when the gateway must watch

@@ -10,7 +10,6 @@ import msgspec
 from mlx_gateway.parse.chat import decode_completion
 from mlx_gateway.responses.request import custom_tool_names, to_chat_request
 from mlx_gateway.responses.stream import (
-    PING,
     ResponsesStream,
     encode_events,
     starts_in_reasoning,
@@ -19,7 +18,7 @@ from mlx_gateway.responses.stream import (
 from mlx_gateway.responses.types import ResponsesRequest, decode_responses_request
 from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
 from mlx_gateway.server.state import GatewayState
-from mlx_gateway.server.streaming import EVENT_STREAM_HEADERS, EventWriter, relay
+from mlx_gateway.server.streaming import write_stream
 
 _json = msgspec.json.Encoder()
 
@@ -70,13 +69,4 @@ class ResponsesRoutes:
 
     async def _stream(self, request: Request, body: bytes, machine: ResponsesStream) -> EventStream:
         async with self.state.upstream.stream(body) as pieces:
-            stream = request.open_stream(EVENT_STREAM_HEADERS)
-            writer = EventWriter(stream, encode_events, PING)
-            heartbeat = self.state.heartbeat
-            heartbeat.watch(writer)
-            try:
-                await writer.send(machine.start())
-                await writer.close(await relay(pieces, machine, writer))
-            finally:
-                heartbeat.forget(writer)
-        return stream
+            return await write_stream(request, pieces, machine, self.state.heartbeat, encode_events)

@@ -16,7 +16,7 @@ from mlx_gateway.errors import GatewayError
 from mlx_gateway.parse.blocks import Event
 from mlx_gateway.parse.chunkreader import ChunkReader, ChunkTranslator
 from mlx_gateway.parse.sse import encode_event
-from mlx_gateway.server.rsgi import EventStream, Headers
+from mlx_gateway.server.rsgi import EventStream, Headers, Request
 
 log = logging.getLogger("mlx_gateway")
 
@@ -112,9 +112,31 @@ class StreamMachine(ChunkTranslator[Event], Protocol):
     @property
     def stopped(self) -> bool: ...
 
+    def start(self) -> list[Event]: ...
+
     def finish(self) -> list[Event]: ...
 
     def fail(self, error: GatewayError) -> list[Event]: ...
+
+
+async def write_stream(
+    request: Request,
+    pieces: AsyncIterator[bytes],
+    machine: StreamMachine,
+    heartbeat: Heartbeat,
+    encode: Callable[[list[Event]], bytes] = encode_events,
+) -> EventStream:
+    """Opens the client's event stream and writes the machine's events for the backend's bytes,
+    pinged while silent, in the wing's encoding (Anthropic's by default)."""
+    stream = request.open_stream(EVENT_STREAM_HEADERS)
+    writer = EventWriter(stream, encode, machine.ping)
+    heartbeat.watch(writer)
+    try:
+        await writer.send(machine.start())
+        await writer.close(await relay(pieces, machine, writer))
+    finally:
+        heartbeat.forget(writer)
+    return stream
 
 
 async def relay(

@@ -9,20 +9,12 @@ import openai
 import pytest
 
 from tests.conftest import StartGateway
+from tests.integration.test_mlx_rig import WEATHER_TOOL as CHAT_WEATHER_TOOL
 from tests.integration.test_real_backend import direct
 from tests.support.gateway import GatewayProcess
 from tests.support.mlx_backend import MlxBackend
 
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
+WEATHER_TOOL: dict[str, Any] = {"type": "function", **CHAT_WEATHER_TOOL["function"]}
 QUESTION = "What is the weather in Paris?"
 
 
