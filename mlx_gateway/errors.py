@@ -25,6 +25,8 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     anthropic_type: ClassVar[str] = "api_error"
     openai_type: ClassVar[str] = "server_error"
+    # The OpenAI error `code` clients act on (Codex tells an over-long prompt by it).
+    openai_code: ClassVar[str | None] = None
     # Told to clients in `x-should-retry`: Claude Code otherwise retries 5xx answers for about
     # three minutes and replays a 400 six times with features stripped.
     retryable: ClassVar[bool] = False
@@ -45,7 +47,7 @@ class BackendRejected(InvalidRequest):
 
 
 class PromptTooLong(InvalidRequest):
-    pass
+    openai_code = "context_length_exceeded"
 
 
 class NotFound(GatewayError):
@@ -99,5 +101,10 @@ def anthropic_error_body(error: GatewayError) -> dict[str, Any]:
 
 def openai_error_body(error: GatewayError) -> dict[str, Any]:
     return {
-        "error": {"message": error.message, "type": error.openai_type, "param": None, "code": None}
+        "error": {
+            "message": error.message,
+            "type": error.openai_type,
+            "param": None,
+            "code": error.openai_code,
+        }
     }

@@ -287,25 +287,37 @@ _TOOL_BUILDERS: dict[str, Callable[[rt.Tool, BackendProfile], Json]] = {
 }
 
 
-def to_chat_tools(tools: list[rt.Tool], profile: BackendProfile) -> list[Json]:
-    """Tools the model can call through the client; hosted tools (web_search, file_search,
-    tool_search, ...) run at OpenAI, not on a local server, and are dropped."""
+def to_chat_tools(
+    tools: list[rt.Tool], profile: BackendProfile, where: str = "tools"
+) -> list[Json]:
+    """Tools the model can call through the client, a namespace's tools among them (the model
+    calls them by their own names); hosted tools (web_search, file_search, tool_search, ...)
+    run at OpenAI, not on a local server, and are dropped."""
     converted = []
     for position, tool in enumerate(tools):
+        if tool.type == "namespace":
+            converted += to_chat_tools(tool.tools or [], profile, f"{where}.{position}.tools")
+            continue
         build = _TOOL_BUILDERS.get(tool.type)
         if build is None:
             log.debug("dropping tool of type %s", tool.type)
             continue
-        _required(tool.name, f"tools.{position}.name")
+        _required(tool.name, f"{where}.{position}.name")
         converted.append(build(tool, profile))
     return converted
 
 
 def custom_tool_names(request: rt.ResponsesRequest) -> frozenset[str]:
     """The tools whose calls go back as `custom_tool_call` items."""
-    return frozenset(
-        tool.name for tool in request.tools or () if tool.type == "custom" and tool.name
-    )
+    return frozenset(_custom_names(request.tools or []))
+
+
+def _custom_names(tools: list[rt.Tool]) -> list[str]:
+    names = [tool.name for tool in tools if tool.type == "custom" and tool.name]
+    for tool in tools:
+        if tool.type == "namespace":
+            names += _custom_names(tool.tools or [])
+    return names
 
 
 def to_chat_tool_choice(choice: str | rt.NamedToolChoice) -> str | Json:

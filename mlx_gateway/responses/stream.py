@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from mlx_gateway.errors import BackendUnavailable, GatewayError, PromptTooLong
+from mlx_gateway.errors import BackendUnavailable, GatewayError
 from mlx_gateway.parse.blocks import BlockStream, Event
 from mlx_gateway.parse.chat import ChatCompletion, Usage, completion_as_chunk
 from mlx_gateway.parse.sse import encode_event
@@ -114,9 +114,8 @@ class ResponsesStream(BlockStream):
 
     def fail(self, error: GatewayError) -> list[Event]:
         """After the 200 the only honest end is `response.failed`; nothing is made up."""
-        code = "context_length_exceeded" if isinstance(error, PromptTooLong) else "server_error"
         response = self._snapshot("failed")
-        response["error"] = {"code": code, "message": error.message}
+        response["error"] = {"code": error.openai_code or "server_error", "message": error.message}
         self.response = response
         events: list[Event] = []
         self._emit(events, {"type": "response.failed", "response": response})
@@ -189,7 +188,10 @@ class ResponsesStream(BlockStream):
         item["status"] = "completed"
 
     def _close_reasoning(self, item: Event, text: str, events: list[Event]) -> None:
+        """The text is also the item's summary: Codex shows a reasoning item by its summary
+        (and sends the item back whole, where the request translation reads the content)."""
         self._emit(events, {"type": "response.reasoning_text.done", **self._at(), "text": text})
+        item["summary"] = [{"type": "summary_text", "text": text}]
         item["content"] = [{"type": "reasoning_text", "text": text}]
 
     def _close_call(self, item: Event, arguments: str, events: list[Event]) -> None:

@@ -54,6 +54,7 @@ class Tool(msgspec.Struct, gc=False):
     description: str | None = None
     parameters: msgspec.Raw = msgspec.Raw()
     format: dict[str, Any] | None = None  # a custom tool's: {"type": "grammar", ...} or text
+    tools: list[Tool] | None = None  # a namespace's: a group of tools called by their own names
 
 
 class NamedToolChoice(msgspec.Struct, gc=False):

@@ -214,3 +214,14 @@ def test_backend_errors_before_the_stream(
         client.responses.create(model="m", input="hi")
     assert unavailable.value.status_code == 503
     assert "MLX backend unavailable" in unavailable.value.message
+
+
+def test_a_prompt_over_the_window_is_a_400_with_its_code(
+    client: openai.OpenAI, scripted_backend: ScriptedBackend
+) -> None:
+    """Codex tells the user the context is full, instead of retrying, by this code."""
+    message = "This model's maximum context length is 4096 tokens. You requested 5000 tokens"
+    scripted_backend.queue(HttpError(400, {"error": {"message": message}}))
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="m", input="hi", stream=True)
+    assert raised.value.code == "context_length_exceeded"

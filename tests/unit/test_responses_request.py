@@ -155,6 +155,17 @@ def test_custom_tool_names() -> None:
     assert custom_tool_names(request) == {"apply_patch"}
 
 
+def test_a_namespace_offers_its_tools_by_their_own_names() -> None:
+    group = {"type": "namespace", "name": "agents", "description": "Sub-agents.",
+             "tools": [{**EXEC_TOOL, "name": "spawn_agent"}, {**PATCH_TOOL, "name": "edit"}]}
+    body = body_of(input="hi", tools=[group, {"type": "namespace", "name": "empty"}])
+    assert [t["function"]["name"] for t in body["tools"]] == ["spawn_agent", "edit"]
+    request = decode_responses_request(
+        json.dumps({"model": "m", "input": "x", "tools": [group]}).encode()
+    )
+    assert custom_tool_names(request) == {"edit"}
+
+
 OPTION_CASES: list[tuple[str, Json, Json]] = [
     ("sampling", {"temperature": 0.2, "top_p": 0.9}, {"temperature": 0.2, "top_p": 0.9}),
     ("reasoning on", {"reasoning": {"effort": "high"}},

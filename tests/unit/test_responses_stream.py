@@ -142,7 +142,7 @@ def test_reasoning_fields_become_a_reasoning_item_never_text(field: str) -> None
     items = output(run(chunks))
     assert kinds(items) == ["reasoning", "message"]
     assert items[0]["content"] == [{"type": "reasoning_text", "text": "let me think"}]
-    assert items[0]["summary"] == []
+    assert items[0]["summary"] == [{"type": "summary_text", "text": "let me think"}]
     assert text_of(items) == "Yes."
 
 
