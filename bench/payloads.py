@@ -41,9 +41,9 @@ def compact(value: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One request in both dialects."""
+    """One request as the gateway's client sends it, and its OpenAI chat equivalent."""
 
-    anthropic: bytes
+    client: bytes  # Anthropic Messages, or the Responses API's
     openai: bytes
 
 
@@ -65,7 +65,15 @@ def small(*, stream: bool) -> Exchange:
         anthropic["stream"] = True
         openai["stream"] = True
         openai["stream_options"] = {"include_usage": True}
-    return Exchange(anthropic=compact(anthropic), openai=compact(openai))
+    return Exchange(client=compact(anthropic), openai=compact(openai))
+
+
+def small_responses(*, stream: bool) -> Exchange:
+    """The small request on the Responses API (the chat equivalent is the same as above)."""
+    request: Json = {"model": "gpt-5-codex", "input": SMALL_PROMPT, "max_output_tokens": 256}
+    if stream:
+        request["stream"] = True
+    return Exchange(client=compact(request), openai=small(stream=stream).openai)
 
 
 # ---- the Claude-Code-like request ---------------------------------------------------------------
@@ -271,4 +279,56 @@ def to_openai(request: Json) -> Json:
 
 def large() -> Exchange:
     request = claude_code_like_request()
-    return Exchange(anthropic=compact(request), openai=compact(to_openai(request)))
+    return Exchange(client=compact(request), openai=compact(to_openai(request)))
+
+
+# ---- the Codex-like request ---------------------------------------------------------------------
+
+
+def _responses_items(message: Json) -> list[Json]:
+    """One Anthropic message as the Responses input items Codex would send for it."""
+    content = message["content"]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    part = "output_text" if message["role"] == "assistant" else "input_text"
+    items: list[Json] = []
+    for block in content:
+        if block["type"] == "text":
+            text = [{"type": part, "text": block["text"]}]
+            items.append({"type": "message", "role": message["role"], "content": text})
+        elif block["type"] == "tool_use":
+            arguments = compact(block["input"]).decode()
+            items.append({"type": "function_call", "call_id": block["id"], "name": block["name"],
+                          "arguments": arguments})  # fmt: skip
+        elif block["type"] == "tool_result":
+            items.append({"type": "function_call_output", "call_id": block["tool_use_id"],
+                          "output": block["content"]})  # fmt: skip
+    return items
+
+
+def codex_like_request(*, tools: int = 12, turns: int = 4) -> Json:
+    """What Codex sends each turn (~60 KB here): the system prompt as a developer message, the
+    whole history as items, flat function tools, a hosted tool, and fields only OpenAI uses."""
+    request = claude_code_like_request(tools=tools, turns=turns)
+    system = "\n".join(block["text"] for block in request["system"][1:])
+    items = [{"type": "message", "role": "developer",
+              "content": [{"type": "input_text", "text": system}]}]  # fmt: skip
+    for message in request["messages"]:
+        items += _responses_items(message)
+    functions = [
+        {"type": "function", "name": tool["name"], "description": tool["description"],
+         "strict": False, "parameters": tool["input_schema"]}
+        for tool in request["tools"]
+    ]  # fmt: skip
+    return {
+        "model": "gpt-5-codex", "input": items, "tools": [*functions, {"type": "web_search"}],
+        "tool_choice": "auto", "parallel_tool_calls": True, "reasoning": {"summary": "auto"},
+        "store": False, "stream": False, "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "bench-session", "max_output_tokens": request["max_tokens"],
+    }  # fmt: skip
+
+
+def codex_large() -> Exchange:
+    """The direct path gets the same conversation as chat, as the gateway forwards it."""
+    chat = to_openai(claude_code_like_request(tools=12, turns=4))
+    return Exchange(client=compact(codex_like_request()), openai=compact(chat))

@@ -39,13 +39,26 @@ from bench.report import (
     stream_table,
     total_errors,
 )
-from bench.streams import ANTHROPIC_STREAM, OPENAI_STREAM, StreamLoad, StreamShape, run_streams
+from bench.streams import (
+    ANTHROPIC_STREAM,
+    OPENAI_STREAM,
+    RESPONSES_STREAM,
+    StreamLoad,
+    StreamShape,
+    run_streams,
+)
 from bench.wrk import WrkMissing, require_wrk, run_wrk, write_script
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Lua patterns for wrk's response check (see bench/wrk.py).
-ANTHROPIC_MESSAGE = '"type":%s*"message"'
-OPENAI_COMPLETION = '"object":%s*"chat%.completion"'
+MESSAGES, CHAT, RESPONSES = "/v1/messages", "/v1/chat/completions", "/v1/responses"
+# What a good answer contains, as a Lua pattern for wrk's response() hook.
+ANSWER_PATTERNS = {
+    MESSAGES: '"type":%s*"message"',
+    CHAT: '"object":%s*"chat%.completion"',
+    RESPONSES: '"object":%s*"response"',
+}
+STREAM_SHAPES = {MESSAGES: ANTHROPIC_STREAM, CHAT: OPENAI_STREAM, RESPONSES: RESPONSES_STREAM}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +112,7 @@ QUICK = replace(
 class Scenario:
     name: str
     exchange: Exchange
-    anthropic: bool  # targets get the Anthropic form on /v1/messages, else OpenAI's
+    path: str  # where targets get the client's form; the direct path always gets chat
     per_write: int | None = None  # a stream's tokens per backend write; None: the run's setting
 
 
@@ -117,9 +130,11 @@ class Target:
 def http_scenarios() -> list[Scenario]:
     small = payloads.small(stream=False)
     return [
-        Scenario("small /v1/messages", small, anthropic=True),
-        Scenario("large /v1/messages", payloads.large(), anthropic=True),
-        Scenario("small /v1/chat/completions", small, anthropic=False),
+        Scenario("small /v1/messages", small, MESSAGES),
+        Scenario("large /v1/messages", payloads.large(), MESSAGES),
+        Scenario("small /v1/chat/completions", small, CHAT),
+        Scenario("small /v1/responses", payloads.small_responses(stream=False), RESPONSES),
+        Scenario("large /v1/responses", payloads.codex_large(), RESPONSES),
     ]
 
 
@@ -129,8 +144,9 @@ def stream_scenarios(paced: bool) -> list[Scenario]:
     client of a real server gets, read by read."""
     small = payloads.small(stream=True)
     scenarios = [
-        Scenario("stream /v1/messages", small, anthropic=True),
-        Scenario("stream /v1/chat/completions", small, anthropic=False),
+        Scenario("stream /v1/messages", small, MESSAGES),
+        Scenario("stream /v1/chat/completions", small, CHAT),
+        Scenario("stream /v1/responses", payloads.small_responses(stream=True), RESPONSES),
     ]
     if paced:
         scenarios += [
@@ -141,9 +157,9 @@ def stream_scenarios(paced: bool) -> list[Scenario]:
 
 def route(target: Target, scenario: Scenario) -> tuple[str, bytes]:
     """The path and body a target gets: the direct path always gets the OpenAI equivalent."""
-    if scenario.anthropic and not target.is_direct:
-        return "/v1/messages", scenario.exchange.anthropic
-    return "/v1/chat/completions", scenario.exchange.openai
+    if scenario.path != CHAT and not target.is_direct:
+        return scenario.path, scenario.exchange.client
+    return CHAT, scenario.exchange.openai
 
 
 class Bench:
@@ -180,7 +196,7 @@ class Bench:
 
     def http(self, scenario: Scenario, concurrency: int, target: Target) -> HttpRow:
         path, body = route(target, scenario)
-        pattern = ANTHROPIC_MESSAGE if path == "/v1/messages" else OPENAI_COMPLETION
+        pattern = ANSWER_PATTERNS[path]
         name = f"{_slug(scenario.name)}-c{concurrency}-{target.name}"
         script = write_script(self.workdir, name, body, pattern)
         url = target.url + path
@@ -211,7 +227,7 @@ class Bench:
 
     def stream(self, scenario: Scenario, concurrency: int, target: Target) -> StreamRow:
         path, body = route(target, scenario)
-        shape: StreamShape = ANTHROPIC_STREAM if path == "/v1/messages" else OPENAI_STREAM
+        shape: StreamShape = STREAM_SHAPES[path]
         name = f"{_slug(scenario.name)}-c{concurrency}-{target.name}"
         load = StreamLoad(
             url=target.url + path,
@@ -273,7 +289,7 @@ class Bench:
         for scenario in streams:
             for concurrency in self.settings.stream_concurrencies:
                 for target in targets:
-                    if not scenario.anthropic and target.name not in (DIRECT, "gateway"):
+                    if scenario.path != MESSAGES and target.name not in (DIRECT, "gateway"):
                         continue  # peers are compared on the Anthropic stream only
                     srow = self.stream(scenario, concurrency, target)
                     _progress(srow, f"{srow.chunks_per_second:.0f} chunks/s")
@@ -350,7 +366,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
 def _meta(settings: Settings, plan: services.CorePlan, stamp: str) -> dict[str, Any]:
     from mlx_gateway import __version__
 
-    large = payloads.large()
+    large, codex = payloads.large(), payloads.codex_large()
     return {
         "started": stamp,
         "gateway_version": __version__,
@@ -360,9 +376,11 @@ def _meta(settings: Settings, plan: services.CorePlan, stamp: str) -> dict[str, 
         "cores": plan.describe(),
         "settings": {**dataclasses.asdict(settings), "results_dir": str(settings.results_dir)},
         "payload_bytes": {
-            "large_anthropic": len(large.anthropic),
+            "large_anthropic": len(large.client),
             "large_openai": len(large.openai),
-            "small_anthropic": len(payloads.small(stream=False).anthropic),
+            "small_anthropic": len(payloads.small(stream=False).client),
+            "large_responses": len(codex.client),
+            "large_responses_openai": len(codex.openai),
         },
     }
 
@@ -448,7 +466,9 @@ def print_report(meta: dict[str, Any], bench: Bench, elapsed: float) -> None:
     print(f"cpu: {meta['cpu']}; {meta['cores']}")
     print(
         f"large = Claude-Code-like request, {sizes['large_anthropic']} bytes "
-        f"({sizes['large_openai']} as OpenAI); wrk {settings.seconds} s per run after "
+        f"({sizes['large_openai']} as OpenAI); large /v1/responses = Codex-like request, "
+        f"{sizes['large_responses']} bytes ({sizes['large_responses_openai']} as OpenAI); "
+        f"wrk {settings.seconds} s per run after "
         f"{settings.warmup} s warm-up; streams of {settings.chunks} one-token chunks, "
         f"{settings.chunks_per_write or 'all'} per backend write"
         + ("; paced: 1 per write" if settings.paced else "")
