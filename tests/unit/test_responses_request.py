@@ -4,6 +4,7 @@ name the field."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -252,3 +253,23 @@ def test_a_codex_request() -> None:
     assert patch["input"].startswith("*** Begin Patch")
     assert [t["function"]["name"] for t in body["tools"]] == ["exec_command", "apply_patch"]
     assert body["chat_template_kwargs"] == {"enable_thinking": True}
+
+
+def test_the_recorded_codex_request() -> None:
+    """A real first turn of Codex (tests/e2e/fixtures): system prompt first, one system message,
+    its function tools, namespace tools flattened, apply_patch as a one-string function, the
+    hosted web_search dropped; client_metadata (per turn) never reaches the backend."""
+    fixture = Path(__file__).parents[1] / "e2e" / "fixtures" / "codex_request.json"
+    recorded = json.loads(fixture.read_text())
+    body = body_of(**{k: v for k, v in recorded.items() if k != "model"})
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system", "user", "user"]
+    assert body["messages"][0]["content"].startswith(recorded["input"][0]["content"][0]["text"])
+    names = [tool["function"]["name"] for tool in body["tools"]]
+    named = [t["name"] for t in recorded["tools"] if t["type"] in ("function", "custom")]
+    nested = [t["name"] for g in recorded["tools"] if g["type"] == "namespace" for t in g["tools"]]
+    assert sorted(names) == sorted(named + nested)
+    patch = next(t["function"] for t in body["tools"] if t["function"]["name"] == "apply_patch")
+    assert list(patch["parameters"]["properties"]) == ["input"]
+    assert "client_metadata" not in body
+    assert "prompt_cache_key" not in body
