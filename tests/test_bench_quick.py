@@ -14,12 +14,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-HTTP_ROWS = ("small /v1/messages", "large /v1/messages", "small /v1/chat/completions")
+HTTP_ROWS = (
+    "small /v1/messages",
+    "large /v1/messages",
+    "small /v1/chat/completions",
+    "small /v1/responses",
+    "large /v1/responses",
+)
 STREAM_ROWS = (
     "stream /v1/messages",
     "stream /v1/chat/completions",
+    "stream /v1/responses",
     "paced stream /v1/messages",
     "paced stream /v1/chat/completions",
+    "paced stream /v1/responses",
 )
 
 
