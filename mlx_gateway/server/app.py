@@ -22,6 +22,7 @@ from mlx_gateway.server.rsgi import (
     json_reply,
 )
 from mlx_gateway.server.state import GatewayState
+from mlx_gateway.server.status import StatusRoutes
 
 log = logging.getLogger("mlx_gateway")
 
@@ -78,6 +79,9 @@ def create_app(config: Config) -> RSGIApp:
     """Builds the app; the backend pool is opened when serving starts and closed when it ends."""
     state = GatewayState(config)
     messages, chat, info = MessagesRoutes(state), ChatRoutes(state), InfoRoutes(state)
+    status = StatusRoutes(
+        state.backends, state.board, state.metrics, lambda: state.observer.in_flight
+    )
     chat_route: dict[str, Handler] = {"POST": chat.chat_completions}
     routes: dict[str, dict[str, Handler]] = {
         "/v1/messages": {"POST": messages.messages},
@@ -86,11 +90,15 @@ def create_app(config: Config) -> RSGIApp:
         "/chat/completions": chat_route,
         "/v1/models": {"GET": info.models, "HEAD": info.models},
         "/health": {"GET": info.health, "HEAD": info.health},
+        "/status": {"GET": status.status_page},
+        "/status.json": {"GET": status.status_json},
+        "/metrics": {"GET": status.metrics_text},
     }
     return RSGIApp(
         routes,
         error_reply,
         max_body_bytes=int(config.max_body_mb * 1024 * 1024),
-        on_start=state.upstream.start,
-        on_stop=state.upstream.close,
+        on_start=state.start,
+        on_stop=state.close,
+        observer=state.observer,
     )
