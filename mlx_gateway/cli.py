@@ -114,7 +114,7 @@ def parse_config(argv: Sequence[str]) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["doctor"]:
-        from mlx_gateway.doctor import run_doctor  # it builds on this module's parser
+        from mlx_gateway.doctor import run_doctor  # imported here: it imports this module
 
         return run_doctor(arguments[1:])
     code_command = split_code_command(arguments)
