@@ -56,7 +56,7 @@ START_HINTS = {
     "lmstudio": "lms server start",
 }
 WINDOW_HINTS = {
-    "mlx_lm": "mlx_lm.server uses the model's own context (config.json): pick a longer-context model",
+    "mlx_lm": "mlx_lm.server takes the model's own context (config.json): pick a longer one",
     "llama_cpp": "start llama-server with -c 32768 (or more)",
     "ollama": "set num_ctx (OLLAMA_CONTEXT_LENGTH=32768 ollama serve)",
     "vllm": "start vllm with --max-model-len 32768",
