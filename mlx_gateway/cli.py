@@ -16,20 +16,9 @@ from mlx_gateway import __version__
 from mlx_gateway.config import SETTINGS, Config, load_config
 from mlx_gateway.errors import ConfigError
 from mlx_gateway.launch import run_code, split_code_command
+from mlx_gateway.logs import configure_logging
 from mlx_gateway.server import rsgi
 from mlx_gateway.server.app import create_app
-
-TRACE = 5
-NOTICE = 25
-_LEVELS = {
-    "trace": TRACE,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "notice": NOTICE,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,16 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
         action = "append" if setting.repeated else "store"
         parser.add_argument(setting.flag, dest=setting.name, action=action, help=setting.help)
     return parser
-
-
-def configure_logging(level_name: str) -> None:
-    logging.addLevelName(TRACE, "TRACE")
-    logging.addLevelName(NOTICE, "NOTICE")
-    logging.basicConfig(
-        level=_LEVELS[level_name],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -76,7 +55,7 @@ def tune_gc() -> None:
 
 
 def serve(config: Config) -> None:
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     logging.getLogger("mlx_gateway").info(
         "mlx-gateway %s on http://%s:%d -> %s (model %s)",
         __version__,
@@ -134,6 +113,10 @@ def parse_config(argv: Sequence[str]) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["doctor"]:
+        from mlx_gateway.doctor import run_doctor  # imported here: it imports this module
+
+        return run_doctor(arguments[1:])
     code_command = split_code_command(arguments)
     gateway_argv = code_command[0] if code_command else arguments
     try:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from mlx_gateway.errors import ConfigError
 
 LOG_LEVELS = ("trace", "debug", "info", "notice", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 BACKENDS = ("auto", "mlx_lm", "ollama", "llama_cpp", "vllm", "lmstudio", "openai")
 ENV_PREFIX = "MLX_GATEWAY_"
 
@@ -36,6 +37,7 @@ class Config:
     context_window: int = 0
     workers: int = 1
     ping_interval: float = 10.0
+    log_format: str = "text"
 
     @property
     def backend_base_url(self) -> str:
@@ -135,6 +137,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ping_interval", _parse_positive_float, "seconds between pings on a silent stream (10)"
     ),
+    Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object per line (text)"),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 

@@ -288,6 +288,9 @@ class PromptContext:
         count = await self.count(model, body)
         return fitted_max_tokens(count, max_tokens, window), count
 
+    def known_windows(self) -> dict[str, int]:
+        return dict(self._windows)
+
     async def window(self, model: str) -> int | None:
         if self.configured_window:
             return self.configured_window

@@ -23,6 +23,7 @@ from mlx_gateway.server.rsgi import (
     json_reply,
 )
 from mlx_gateway.server.state import GatewayState
+from mlx_gateway.server.status import StatusRoutes
 
 log = logging.getLogger("mlx_gateway")
 
@@ -83,6 +84,9 @@ def create_app(config: Config) -> RSGIApp:
     state = GatewayState(config)
     messages, chat, info = MessagesRoutes(state), ChatRoutes(state), InfoRoutes(state)
     responses = ResponsesRoutes(state)
+    status = StatusRoutes(
+        state.backends, state.board, state.metrics, lambda: state.observer.in_flight
+    )
     chat_route: dict[str, Handler] = {"POST": chat.chat_completions}
     routes: dict[str, dict[str, Handler]] = {
         "/v1/messages": {"POST": messages.messages},
@@ -92,11 +96,15 @@ def create_app(config: Config) -> RSGIApp:
         "/v1/responses": {"POST": responses.responses},
         "/v1/models": {"GET": info.models, "HEAD": info.models},
         "/health": {"GET": info.health, "HEAD": info.health},
+        "/status": {"GET": status.status_page},
+        "/status.json": {"GET": status.status_json},
+        "/metrics": {"GET": status.metrics_text},
     }
     return RSGIApp(
         routes,
         error_reply,
         max_body_bytes=int(config.max_body_mb * 1024 * 1024),
-        on_start=state.upstream.start,
-        on_stop=state.upstream.close,
+        on_start=state.start,
+        on_stop=state.close,
+        observer=state.observer,
     )

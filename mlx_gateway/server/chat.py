@@ -10,7 +10,9 @@ import msgspec
 
 from mlx_gateway.errors import GatewayError, openai_error_body
 from mlx_gateway.openai.types import raw_json, read_chat_request
+from mlx_gateway.parse.chat import Usage
 from mlx_gateway.parse.sse import DONE, encode_data
+from mlx_gateway.server.observe import RequestRecord
 from mlx_gateway.server.rsgi import EventStream, Reply, Request
 from mlx_gateway.server.state import GatewayState
 from mlx_gateway.server.streaming import EVENT_STREAM_HEADERS
@@ -28,7 +30,9 @@ class ChatRoutes:
     async def chat_completions(self, request: Request) -> Reply | EventStream:
         chat = read_chat_request(request.body)
         payload = chat.fields  # raw JSON values, sent on as they came
-        payload["model"] = raw_json(self.state.router.resolve(chat.model))
+        model = self.state.router.resolve(chat.model)
+        payload["model"] = raw_json(model)
+        request.record.routed(chat.model, model, self.state.upstream.base_url)
         options = payload.get("stream_options")
         if options is not None and _json_decoder.decode(options) == {}:
             # mlx_lm.server's stream crashes on an empty stream_options object.
@@ -36,20 +40,63 @@ class ChatRoutes:
         if chat.stream:
             return await self._stream(request, _json.encode(payload))
         answer = await self.state.upstream.complete(_json.encode(payload))
+        note_usage(request.record, _usage_only(answer))
         return Reply(answer)
 
     async def _stream(self, request: Request, body: bytes) -> Reply | EventStream:
         async with self.state.upstream.stream(body) as pieces:
             stream = request.open_stream(EVENT_STREAM_HEADERS)
             ended = False
+            previous = last = b""
             try:
-                async for piece in pieces:
+                async for piece in request.record.timed(pieces):
                     await stream.write(piece)
                     ended = piece.rstrip().endswith(b"[DONE]")
+                    previous, last = last, piece
             except GatewayError as error:
                 log.warning("backend stream failed: %s", error.message)
+                request.record.failed(error)
                 await stream.write(encode_data(_json.encode(openai_error_body(error))))
             else:
                 if not ended:
                     await stream.write(DONE)
+            note_usage(request.record, usage_at_end(previous + last))
         return stream
+
+
+# ---- usage, read only where it is: the answer's top level, or the stream's last chunk ----------
+
+
+class _UsageOnly(msgspec.Struct, gc=False):
+    usage: Usage | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(_UsageOnly)
+
+
+def _usage_only(body: bytes) -> Usage | None:
+    try:
+        return _usage_decoder.decode(body).usage
+    except msgspec.DecodeError:
+        return None
+
+
+def usage_at_end(tail: bytes) -> Usage | None:
+    """The usage chunk among the last two pieces of a stream (it comes last, before
+    `[DONE]`); a stream that sent none, or split it wider, leaves the tokens unknown."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = tail.rfind(b"data:", 0, at)
+    end = tail.find(b"\n", at)
+    if start < 0:
+        return None
+    return _usage_only(tail[start + 5 : end if end >= 0 else len(tail)])
+
+
+def note_usage(record: RequestRecord, usage: Usage | None) -> None:
+    if usage is None:
+        return
+    details = usage.prompt_tokens_details
+    cached = details.cached_tokens if details is not None else None
+    record.usage(usage.prompt_tokens, usage.completion_tokens, cached)

@@ -10,6 +10,7 @@ from mlx_gateway.anthropic.count import count_request
 from mlx_gateway.anthropic.request import gateway_watches_stops, to_openai_request
 from mlx_gateway.anthropic.stream import Event, StreamTranslator
 from mlx_gateway.parse.chat import decode_completion
+from mlx_gateway.server.observe import RequestRecord
 from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
 from mlx_gateway.server.state import GatewayState
 from mlx_gateway.server.streaming import translated_batches, write_stream
@@ -25,6 +26,7 @@ class MessagesRoutes:
         state = self.state
         parsed = an.decode_messages_request(request.body)
         model = state.router.resolve(parsed.model)
+        request.record.routed(parsed.model, model, state.upstream.base_url)
         upstream_stream = parsed.stream or gateway_watches_stops(parsed, state.profile)
         payload = to_openai_request(
             parsed, model=model, profile=state.profile, stream=upstream_stream
@@ -45,7 +47,7 @@ class MessagesRoutes:
             )
             if parsed.stream:
                 return await self._stream(request, body, translator)
-            return json_reply(await self._collect(body, translator))
+            return json_reply(noted(request, await self._collect(request, body, translator)))
         answer = await state.upstream.complete(body)
         message = to_anthropic_message(
             decode_completion(answer),
@@ -53,12 +55,13 @@ class MessagesRoutes:
             message_id=state.message_ids.new(),
             stop_sequences=parsed.stop_sequences,
         )
-        return json_reply(message)
+        return json_reply(noted(request, message))
 
     async def count_tokens(self, request: Request) -> Reply | EventStream:
         """Counts the prompt of the request `/v1/messages` would send for the same body."""
         parsed = an.decode_count_tokens_request(request.body)
         model = self.state.router.resolve(parsed.model)
+        request.record.routed(parsed.model, model, self.state.upstream.base_url)
         body = count_request(parsed, model=model, profile=self.state.profile)
         counted = await self.state.context.count(model, body)
         return json_reply({"input_tokens": counted.tokens})
@@ -67,16 +70,38 @@ class MessagesRoutes:
         self, request: Request, body: bytes, translator: StreamTranslator
     ) -> Reply | EventStream:
         async with self.state.upstream.stream(body) as pieces:
-            return await write_stream(request, pieces, translator, self.state.heartbeat)
+            return await write_stream(
+                request,
+                pieces,
+                translator,
+                self.state.heartbeat,
+                on_close=lambda closing: note_closing(request.record, closing),
+            )
 
-    async def _collect(self, body: bytes, translator: StreamTranslator) -> Event:
+    async def _collect(self, request: Request, body: bytes, translator: StreamTranslator) -> Event:
         """A non-streaming answer read from a backend stream, for when the gateway must watch
         the text as it comes (stop sequences): generation ends as soon as one is seen."""
         async with self.state.upstream.stream(body) as pieces:
             events = translator.start()
-            async for batch in translated_batches(pieces, translator):
+            async for batch in translated_batches(request.record.timed(pieces), translator):
                 events += batch
         return assemble_message(events + translator.finish())
+
+
+def noted(request: Request, message: Event) -> Event:
+    request.record.anthropic_usage(message.get("usage"))
+    return message
+
+
+def note_closing(record: RequestRecord, closing: list[Event]) -> None:
+    """The final usage, or the error that ended the stream after its 200."""
+    for event in closing:
+        if event["type"] == "message_delta":
+            record.anthropic_usage(event.get("usage"))
+        elif event["type"] == "error":
+            error = event.get("error") or {}
+            record.error = str(error.get("type", "error"))
+            record.error_message = str(error.get("message", ""))
 
 
 def estimate_tokens(byte_count: int) -> int:

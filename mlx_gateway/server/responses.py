@@ -4,9 +4,11 @@ over the backend's chat completions."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
+from mlx_gateway.parse.blocks import Event
 from mlx_gateway.parse.chat import decode_completion
 from mlx_gateway.responses.request import custom_tool_names, to_chat_request
 from mlx_gateway.responses.stream import (
@@ -16,6 +18,7 @@ from mlx_gateway.responses.stream import (
     whole_response,
 )
 from mlx_gateway.responses.types import ResponsesRequest, decode_responses_request
+from mlx_gateway.server.observe import RequestRecord
 from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
 from mlx_gateway.server.state import GatewayState
 from mlx_gateway.server.streaming import write_stream
@@ -35,6 +38,7 @@ class ResponsesRoutes:
         state = self.state
         parsed = decode_responses_request(request.body)
         model = state.router.resolve(parsed.model)
+        request.record.routed(parsed.model, model, state.upstream.base_url)
         limit = parsed.max_output_tokens or await self._default_limit(model)
         payload = to_chat_request(
             parsed, model=model, profile=state.profile, stream=parsed.stream, max_tokens=limit
@@ -50,7 +54,9 @@ class ResponsesRoutes:
             return await self._stream(request, body, machine)
         completion = decode_completion(await state.upstream.complete(body))
         machine = self._machine(parsed, model, 0, starts_in_reasoning(completion))
-        return json_reply(whole_response(completion, machine))
+        answer = whole_response(completion, machine)
+        note_usage(request.record, answer.get("usage"))
+        return json_reply(answer)
 
     async def _default_limit(self, model: str) -> int:
         return await self.state.context.window(model) or DEFAULT_MAX_OUTPUT_TOKENS
@@ -69,4 +75,31 @@ class ResponsesRoutes:
 
     async def _stream(self, request: Request, body: bytes, machine: ResponsesStream) -> EventStream:
         async with self.state.upstream.stream(body) as pieces:
-            return await write_stream(request, pieces, machine, self.state.heartbeat, encode_events)
+            return await write_stream(
+                request,
+                pieces,
+                machine,
+                self.state.heartbeat,
+                encode_events,
+                on_close=lambda closing: note_closing(request.record, closing),
+            )
+
+
+def note_closing(record: RequestRecord, closing: list[Event]) -> None:
+    """The final usage, or the error that ended the stream after its 200."""
+    for event in closing:
+        response = event.get("response")
+        if not isinstance(response, dict):
+            continue
+        note_usage(record, response.get("usage"))
+        error = response.get("error")
+        if isinstance(error, dict):
+            record.error = str(error.get("code", "error"))
+            record.error_message = str(error.get("message", ""))
+
+
+def note_usage(record: RequestRecord, usage: Any) -> None:
+    if isinstance(usage, dict):
+        details = usage.get("input_tokens_details") or {}
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        record.usage(usage.get("input_tokens"), usage.get("output_tokens"), cached)

@@ -22,6 +22,7 @@ from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-expo
 from granian.server.embed import Server
 
 from mlx_gateway.errors import GatewayError, MethodNotAllowed, NotFound, RequestTooLarge
+from mlx_gateway.server.observe import CLIENT_GONE, Observer, RequestRecord
 
 log = logging.getLogger("mlx_gateway")
 
@@ -37,16 +38,27 @@ class HeaderView(Protocol):
 
 
 class Request:
-    """What a handler sees of a request; `stream` is set once it starts a streamed answer."""
+    """What a handler sees of a request; `stream` is set once it starts a streamed answer;
+    `record` takes what the handler learns for the access log and the metrics."""
 
-    __slots__ = ("_proto", "body", "headers", "method", "path", "stream")
+    __slots__ = ("_proto", "body", "headers", "method", "path", "record", "stream")
 
-    def __init__(self, method: str, path: str, headers: HeaderView, body: bytes, proto: Any):
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: HeaderView,
+        body: bytes,
+        proto: Any,
+        *,
+        record: RequestRecord | None = None,
+    ):
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
         self.stream: EventStream | None = None
+        self.record = record if record is not None else RequestRecord(method, path)
         self._proto = proto
 
     def open_stream(self, headers: Headers) -> EventStream:
@@ -120,38 +132,59 @@ class RSGIApp:
         max_body_bytes: int,
         on_start: Callable[[], Awaitable[None]],
         on_stop: Callable[[], Awaitable[None]],
+        *,
+        observer: Observer | None = None,
     ) -> None:
         self.routes = routes
         self.render_error = render_error
         self.max_body_bytes = max_body_bytes
         self.on_start = on_start
         self.on_stop = on_stop
+        self.observer = observer if observer is not None else Observer()
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
-        request = Request(scope.method, scope.path, scope.headers, b"", proto)
+        record = self.observer.begin(scope.method, scope.path)
+        request = Request(scope.method, scope.path, scope.headers, b"", proto, record=record)
+        try:
+            answer = await self._answer(request, proto)
+        finally:
+            self.observer.end(record)
+        if answer is not None:
+            proto.response_bytes(answer.status, answer.headers, answer.body)
+
+    async def _answer(self, request: Request, proto: Any) -> Reply | None:
+        """The whole answer to write, or None when a stream was written (or nobody listens)."""
+        record = request.record
         try:
             handler = self._route(request)
             request.body = await self._read_body(request, proto)
             answer = await _cancelled_when_client_leaves(handler(request), proto)
         except GatewayError as error:
+            record.failed(error)
             answer = self.render_error(request, error)
         except ConnectionResetError as gone:
             log.info("%s on %s %s", gone, request.method, request.path)
-            return
+            record.status = CLIENT_GONE
+            return None
         except Exception:
             log.exception("unexpected failure on %s %s", request.method, request.path)
             failure = GatewayError("internal gateway error; see the gateway log")
+            record.failed(failure)
             answer = self.render_error(request, failure)
         finally:
             if request.stream is not None:
                 request.stream.end()
         if isinstance(answer, Reply) and request.stream is None:
-            proto.response_bytes(answer.status, answer.headers, answer.body)
+            record.status = answer.status
+            return answer
+        record.status = 200
+        return None
 
     def _route(self, request: Request) -> Handler:
         methods = self.routes.get(request.path)
         if methods is None:
             raise NotFound(f"no route for {request.method} {request.path}")
+        request.record.route = request.path
         handler = methods.get(request.method)
         if handler is None:
             raise MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")

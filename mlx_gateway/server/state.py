@@ -1,5 +1,6 @@
 """What every route shares, built once per app: the settings, the backend and its profile, the
-model aliases, the context window, the heartbeat and the message ids."""
+model aliases, the context window, the heartbeat, the message ids, and what is observed of the
+requests (access log, metrics, status page)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from mlx_gateway.backends.context import PromptContext
 from mlx_gateway.backends.profiles import resolve_profile
 from mlx_gateway.backends.upstream import Upstream
 from mlx_gateway.config import Config
+from mlx_gateway.server.metrics import Metrics, shared_dir
+from mlx_gateway.server.observe import Observer
+from mlx_gateway.server.status import BackendStates, SingleBackend, StatusBoard
 from mlx_gateway.server.streaming import Heartbeat
 
 
@@ -29,6 +33,27 @@ class GatewayState:
         self.context = PromptContext(
             self.profile, self.upstream, configured_window=config.context_window
         )
+        single = SingleBackend(
+            config.backend_base_url, self.profile.name, config.mlx_model, self.context
+        )
+        # What /status and /metrics read of the backends; the pool reports the same shape.
+        self.backends: BackendStates = single
+        self.observer = Observer()
+        self.board = StatusBoard()
+        self.metrics = Metrics(
+            lambda: self.backends.state(private=True),
+            lambda: self.observer.in_flight,
+            shared_dir(config.port) if config.workers > 1 else None,
+        )
+        self.observer.listeners += [single.note, self.board.note, self.metrics.note]
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        await self.metrics.start()
+
+    async def close(self) -> None:
+        await self.metrics.close()
+        await self.upstream.close()
 
 
 class MessageIds:

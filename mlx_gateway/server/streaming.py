@@ -125,15 +125,21 @@ async def write_stream(
     machine: StreamMachine,
     heartbeat: Heartbeat,
     encode: Callable[[list[Event]], bytes] = encode_events,
+    *,
+    on_close: Callable[[list[Event]], None] | None = None,
 ) -> EventStream:
     """Opens the client's event stream and writes the machine's events for the backend's bytes,
-    pinged while silent, in the wing's encoding (Anthropic's by default)."""
+    pinged while silent, in the wing's encoding (Anthropic's by default). `on_close` sees the
+    closing events (final usage, or the failure) before they are written."""
     stream = request.open_stream(EVENT_STREAM_HEADERS)
     writer = EventWriter(stream, encode, machine.ping)
     heartbeat.watch(writer)
     try:
         await writer.send(machine.start())
-        await writer.close(await relay(pieces, machine, writer))
+        closing = await relay(request.record.timed(pieces), machine, writer)
+        if on_close is not None:
+            on_close(closing)
+        await writer.close(closing)
     finally:
         heartbeat.forget(writer)
     return stream
