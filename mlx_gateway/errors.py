@@ -9,6 +9,7 @@
     +-- RequestTooLarge               413 request_too_large
     +-- BackendUnavailable            503 overloaded_error (unreachable, refused, timed out)
     +-- BackendFailed                 502 api_error (the backend answered with a 5xx)
+    +-- BackendStreamFailed           502 api_error (an error frame in the backend's stream)
     +-- BadBackendResponse            500 api_error (the backend's answer could not be decoded)
     +-- ConfigError                   500 (bad configuration; also raised before serving)
 
@@ -85,6 +86,17 @@ class BackendFailed(GatewayError):
     def __init__(self, backend_status: int, body: str) -> None:
         super().__init__(f"MLX backend returned HTTP {backend_status}: {body}")
         self.backend_status = backend_status
+
+
+class BackendStreamFailed(GatewayError):
+    """The backend put an error in its answer after its 200 (llama.cpp and vLLM send a
+    `data: {"error": ...}` frame mid-stream when generation fails)."""
+
+    status = 502
+    retryable = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"MLX backend failed while answering: {message}")
 
 
 class BadBackendResponse(GatewayError):

@@ -7,6 +7,11 @@ Fields that only some servers send (`reasoning_content` from vLLM/llama.cpp/Deep
 `reasoning` from mlx_lm.server and Ollama, vLLM's `stop_reason`) are all declared here, so the
 core sees one shape. Structs are declared with `gc=False`: they form trees, never cycles, so the
 cyclic collector need not track them.
+
+An answer or chunk that carries an `error` object (llama.cpp and vLLM send one mid-stream when
+generation fails, after their 200) is a failure of the answer, raised here while decoding so
+that every wing ends its stream the way its protocol fails, instead of reading it as an empty
+chunk and making up an end.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from mlx_gateway.errors import BadBackendResponse
+from mlx_gateway.errors import BackendStreamFailed, BadBackendResponse
 
 
 class FunctionCall(msgspec.Struct, gc=False):
@@ -41,10 +46,24 @@ class PromptTokensDetails(msgspec.Struct, gc=False):
     cached_tokens: int | None = None
 
 
+class CompletionTokensDetails(msgspec.Struct, gc=False):
+    reasoning_tokens: int | None = None
+
+
 class Usage(msgspec.Struct, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+
+class ErrorObject(msgspec.Struct, gc=False):
+    """What servers put in an error frame; `code` is an HTTP status (llama.cpp, vLLM) or a
+    word."""
+
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
 
 
 class Choice(msgspec.Struct, gc=False):
@@ -56,6 +75,7 @@ class Choice(msgspec.Struct, gc=False):
 class ChatCompletion(msgspec.Struct, gc=False):
     choices: list[Choice] = msgspec.field(default_factory=list)
     usage: Usage | None = None
+    error: ErrorObject | str | None = None
 
 
 class Delta(msgspec.Struct, gc=False):
@@ -74,6 +94,7 @@ class ChunkChoice(msgspec.Struct, gc=False):
 class ChatCompletionChunk(msgspec.Struct, gc=False):
     choices: list[ChunkChoice] = msgspec.field(default_factory=list)
     usage: Usage | None = None
+    error: ErrorObject | str | None = None
 
 
 _completion_decoder = msgspec.json.Decoder(ChatCompletion)
@@ -83,18 +104,24 @@ _chunks_decoder = msgspec.json.Decoder(list[ChatCompletionChunk])
 
 def decode_completion(body: bytes) -> ChatCompletion:
     try:
-        return _completion_decoder.decode(body)
+        completion = _completion_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BadBackendResponse(f"backend answer is not a chat completion: {exc}") from None
+    if completion.error is not None:
+        raise stream_error(completion.error)
+    return completion
 
 
 def decode_chunk(data: bytes | str) -> ChatCompletionChunk:
     try:
-        return _chunk_decoder.decode(data)
+        chunk = _chunk_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise BadBackendResponse(
             f"backend stream chunk is not a chat completion chunk: {exc}"
         ) from None
+    if chunk.error is not None:
+        raise stream_error(chunk.error)
+    return chunk
 
 
 def decode_chunk_array(array: bytes, count: int) -> list[ChatCompletionChunk] | None:
@@ -103,7 +130,19 @@ def decode_chunk_array(array: bytes, count: int) -> list[ChatCompletionChunk] | 
         chunks = _chunks_decoder.decode(array)
     except msgspec.DecodeError:
         return None
+    if array.find(b'"error"') >= 0:  # a byte search first: chunks are looked at only then
+        for chunk in chunks:
+            if chunk.error is not None:
+                raise stream_error(chunk.error)
     return chunks if len(chunks) == count else None
+
+
+def stream_error(error: ErrorObject | str) -> BackendStreamFailed:
+    """The failure an error frame reports, in the backend's words."""
+    if isinstance(error, str):
+        return BackendStreamFailed(error or "unknown error")
+    message = error.message or error.type or "unknown error"
+    return BackendStreamFailed(message)
 
 
 def plain_text(chunk: ChatCompletionChunk) -> str:
