@@ -245,17 +245,20 @@ class ResponsesStream(BlockStream):
 
 
 def usage_object(usage: Usage | None, estimated_input: int, estimated_output: int) -> Event:
-    """The Responses API counts cached prompt tokens inside `input_tokens`, as chat does."""
-    prompt, output, cached = estimated_input, estimated_output, 0
+    """The Responses API counts cached prompt tokens inside `input_tokens` and reasoning tokens
+    inside `output_tokens`, as chat does; the details come from servers that count them."""
+    prompt, output, cached, reasoning = estimated_input, estimated_output, 0, 0
     if usage is not None:
         prompt, output = usage.prompt_tokens, usage.completion_tokens
-        details = usage.prompt_tokens_details
-        cached = (details.cached_tokens or 0) if details else 0
+        if (details := usage.prompt_tokens_details) is not None:
+            cached = details.cached_tokens or 0
+        if (output_details := usage.completion_tokens_details) is not None:
+            reasoning = output_details.reasoning_tokens or 0
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + output,
     }
 

@@ -157,6 +157,33 @@ def test_the_token_limit_makes_the_response_incomplete(
     assert incomplete.incomplete_details.reason == "max_output_tokens"
 
 
+DETAILED_USAGE = {
+    "prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160,
+    "prompt_tokens_details": {"cached_tokens": 96},
+    "completion_tokens_details": {"reasoning_tokens": 25},
+}  # fmt: skip (as vLLM and llama.cpp count them)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_cached_and_reasoning_tokens_reach_the_client(
+    client: openai.OpenAI, scripted_backend: ScriptedBackend, stream: bool
+) -> None:
+    if stream:
+        scripted_backend.queue(
+            text_stream(["ok"], reasoning_pieces=["hm"], usage=DETAILED_USAGE)
+        )
+        with client.responses.stream(model="m", input="hi") as events:
+            response = events.get_final_response()
+    else:
+        scripted_backend.queue(ChatAnswer(text="ok", reasoning="hm", usage=DETAILED_USAGE))
+        response = client.responses.create(model="m", input="hi")
+    usage = response.usage
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (120, 40, 160)
+    assert usage.input_tokens_details.cached_tokens == 96
+    assert usage.output_tokens_details.reasoning_tokens == 25
+
+
 @pytest.mark.parametrize(
     "reply",
     [

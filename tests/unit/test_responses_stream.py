@@ -45,9 +45,11 @@ def run(chunks: Iterable[ChatCompletionChunk], **options: Any) -> list[Json]:
     return events
 
 
-def whole(content: str | None, finish_reason: str = "stop", **options: Any) -> Json:
+def whole(
+    content: str | None, finish_reason: str = "stop", usage: Json = USAGE, **options: Any
+) -> Json:
     body = {"choices": [{"message": {"content": content}, "finish_reason": finish_reason}],
-            "usage": USAGE}  # fmt: skip
+            "usage": usage}  # fmt: skip
     completion = decode_completion(json.dumps(body).encode())
     stream = machine(starts_in_reasoning=starts_in_reasoning(completion), **options)
     return whole_response(completion, stream)
@@ -134,6 +136,34 @@ def test_a_plain_answer_is_one_message_and_completes_with_usage() -> None:
         "input_tokens": 30, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 9,
         "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 39,
     }  # fmt: skip
+
+
+USAGE_DETAILS = [
+    ({"prompt_tokens": 5, "completion_tokens": 3}, 0, 0),
+    ({"prompt_tokens": 5, "completion_tokens": 3, "prompt_tokens_details": None,
+      "completion_tokens_details": None}, 0, 0),
+    ({"prompt_tokens": 50, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 48},
+      "completion_tokens_details": {"reasoning_tokens": 21}}, 48, 21),
+    ({"prompt_tokens": 5, "completion_tokens": 3,
+      "completion_tokens_details": {"reasoning_tokens": None, "accepted_prediction_tokens": 0}},
+     0, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("usage", "cached", "reasoning"), USAGE_DETAILS)
+@pytest.mark.parametrize("streamed", [True, False])
+def test_cached_and_reasoning_tokens_come_from_the_backends_usage(
+    usage: Json, cached: int, reasoning: int, streamed: bool
+) -> None:
+    if streamed:
+        response = run(text_chunks(["Hi"], usage=usage))[-1]["response"]
+    else:
+        response = whole("Hi", usage=usage)
+    details = response["usage"]
+    assert details["input_tokens"] == usage["prompt_tokens"]
+    assert details["output_tokens"] == usage["completion_tokens"]
+    assert details["input_tokens_details"] == {"cached_tokens": cached}
+    assert details["output_tokens_details"] == {"reasoning_tokens": reasoning}
 
 
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
