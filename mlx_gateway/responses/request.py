@@ -26,6 +26,7 @@ log = logging.getLogger("mlx_gateway.translate")
 Json = dict[str, Any]
 
 CUSTOM_ARGUMENT = "input"  # the one argument of a custom tool offered as a function
+LATER_SYSTEM_TAG = "system_instructions"  # marks system text sent as a user message
 _REASONING_OFF = frozenset({"none", "minimal"})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 _json = msgspec.json.Encoder()
@@ -116,18 +117,20 @@ class _Conversation:
 
     def system(self, text: str) -> None:
         """System text before anything else joins the one leading system message; chat
-        templates want it there, and Codex sends several developer messages in a row."""
+        templates want it there, and Codex sends several developer messages in a row. Later
+        system text (Codex sends developer messages mid-conversation) stays where it is, as a
+        user message marked as instructions: templates such as Qwen's refuse a system message
+        that is not first, and moving the text to the top would change the start of every
+        later prompt, so the server could reuse none of its cached prefix."""
         if not text:
             return
-        head = self.messages[0] if len(self.messages) == 1 else None
-        if not self.messages or (head is not None and head["role"] == "system"):
-            if head is None:
-                self.messages.append({"role": "system", "content": text})
-            else:
-                head["content"] += "\n\n" + text
-            return
-        self.close()
-        self.messages.append({"role": "system", "content": text})
+        if not self.messages:
+            self.messages.append({"role": "system", "content": text})
+        elif len(self.messages) == 1 and self.messages[0]["role"] == "system":
+            self.messages[0]["content"] += "\n\n" + text
+        else:
+            self.close()
+            self.messages.append({"role": "user", "content": later_system_text(text)})
 
     def message(self, item: rt.InputItem, where: str) -> None:
         role = item.role
@@ -205,6 +208,11 @@ class _Conversation:
         if self.images:
             self.messages.append({"role": "user", "content": self.images})
             self.images = []
+
+
+def later_system_text(text: str) -> str:
+    """System text that comes after the conversation began, marked for the model as such."""
+    return f"<{LATER_SYSTEM_TAG}>\n{text}\n</{LATER_SYSTEM_TAG}>"
 
 
 def _chat_content_text(content: str | list[rt.ContentPart] | None) -> str:
