@@ -3,6 +3,7 @@ caller's protocol."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -10,6 +11,7 @@ import msgspec
 
 from mlx_gateway.config import Config
 from mlx_gateway.errors import GatewayError, anthropic_error_body, openai_error_body
+from mlx_gateway.responses.models import models_list
 from mlx_gateway.server.chat import ChatRoutes
 from mlx_gateway.server.messages import MessagesRoutes
 from mlx_gateway.server.responses import ResponsesRoutes
@@ -28,6 +30,7 @@ from mlx_gateway.server.status import StatusRoutes
 log = logging.getLogger("mlx_gateway")
 
 _json = msgspec.json.Encoder()
+_WINDOW_WAIT = 5.0  # seconds a model listing waits for a context window to be discovered
 
 
 class InfoRoutes:
@@ -37,14 +40,20 @@ class InfoRoutes:
         self.state = state
 
     async def models(self, _: Request) -> Reply | EventStream:
-        created = int(time.time())
+        """The OpenAI list, and Codex's catalog of the same models (responses/models.py)."""
         router = self.state.router
-        names = router.served_models() + router.alias_names()
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "mlx-gateway"}
-            for name in names
-        ]
-        return json_reply({"object": "list", "data": data})
+        served, aliases = router.served_models(), router.alias_names()
+        backend_models = served + [router.resolve(alias) for alias in aliases]
+        windows = [await self._window(model) for model in backend_models]
+        return json_reply(models_list(served + aliases, windows, int(time.time())))
+
+    async def _window(self, model: str) -> int | None:
+        """The model's window if it can be known soon: a listing must not wait on a backend
+        that does not answer (discovery is retried by the next request that needs it)."""
+        try:
+            return await asyncio.wait_for(self.state.context.window(model), _WINDOW_WAIT)
+        except TimeoutError:
+            return None
 
     async def health(self, _: Request) -> Reply | EventStream:
         config = self.state.config

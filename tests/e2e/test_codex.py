@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from mlx_gateway.responses.models import BASE_INSTRUCTIONS
 from tests.conftest import StartGateway
-from tests.support.codex import CodexResult, ensure_codex, run_codex
+from tests.support.codex import PROVIDER_ID, CodexResult, ensure_codex, run_codex
 from tests.support.scripted_backend import (
     Drop,
     HttpError,
@@ -47,12 +48,14 @@ class Session:
     workdir: Path
     home: Path
 
-    def run(self, prompt: str, *replies: Any) -> CodexResult:
-        """Codex runs once; the backend answers its requests with `replies`, in order."""
+    def run(self, prompt: str, *replies: Any, **options: Any) -> CodexResult:
+        """Codex runs once; the backend answers its requests with `replies`, in order.
+        `options` go to run_codex (config overrides, keys left out)."""
         self.backend.queue(*replies)
         result = run_codex(
-            self.gateway_url, prompt, self.workdir, home=self.home, timeout=RUN_TIMEOUT
-        )
+            self.gateway_url, prompt, self.workdir, home=self.home, timeout=RUN_TIMEOUT,
+            **options,
+        )  # fmt: skip
         print(f"\ncodex ran {result.duration:.2f}s, {len(self.chats)} backend request(s)")
         return result
 
@@ -210,3 +213,37 @@ def test_the_token_limit_ends_the_turn(session: Session) -> None:
     reason = "Incomplete response returned, reason: max_output_tokens"
     assert failed[0]["error"]["message"] == reason
     assert len(session.chats) == 1
+
+
+def test_an_error_frame_in_the_backends_stream_is_retried(session: Session) -> None:
+    frame = {"error": {"code": 500, "message": "llama_decode failed", "type": "server_error"}}
+    failing = Stream([chunk({"content": "Half"}), frame], usage=None, done=False)
+    result = session.run("Answer.", failing, text_stream(["A whole answer."]))
+
+    assert result.ok, result.describe()
+    assert result.final_message == "A whole answer."
+    assert len(session.chats) == 2
+
+
+def test_the_model_list_gives_codex_apply_patch_without_a_catalog(session: Session) -> None:
+    """With command auth Codex asks the server for its models (`GET /v1/models`) instead of
+    falling back to metadata that offers no apply_patch; the gateway's catalog entry for the
+    model Codex is told to use (the served one) makes apply_patch a freeform tool and gives
+    the base instructions."""
+    provider = f"model_providers.{PROVIDER_ID}"
+    auth = {"command": "printf", "args": ["%s", "sk-from-a-command"]}
+    result = session.run(
+        "Say hello.", text_stream(["Hello."]), model=MODEL,
+        config={f"{provider}.auth": auth}, without=("model_catalog_json", f"{provider}.env_key"),
+    )  # fmt: skip
+
+    assert result.ok, result.describe()
+    assert "fallback metadata" not in result.stdout + result.stderr
+    listings = [r for r in session.backend.requests if r.path == "/v1/models"]
+    (chat,) = session.chats
+    assert chat["messages"][0]["role"] == "system"
+    assert chat["messages"][0]["content"].startswith(BASE_INSTRUCTIONS)
+    patch_tool = next(t for t in chat["tools"] if t["function"]["name"] == "apply_patch")
+    assert list(patch_tool["function"]["parameters"]["properties"]) == ["input"]
+    assert "*** Begin Patch" in patch_tool["function"]["description"]
+    assert not listings  # the gateway answered the listing itself

@@ -252,3 +252,23 @@ def test_a_prompt_over_the_window_is_a_400_with_its_code(
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model="m", input="hi", stream=True)
     assert raised.value.code == "context_length_exceeded"
+
+
+def test_the_model_list_serves_the_sdk_and_codex(
+    scripted_backend: ScriptedBackend, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway(
+        scripted_backend.url, "--mlx-model", MODEL, "--model-map", "gpt-5-codex=other/Model",
+        "--context-window", "16384",
+    )  # fmt: skip
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
+    assert [model.id for model in client.models.list()] == [MODEL, "other/Model", "gpt-5-codex"]
+    # What Codex asks (with its version in the query) and decodes: the `models` entries.
+    response = httpx.get(f"{gateway.url}/v1/models?client_version=0.171.0", timeout=10)
+    assert response.status_code == 200
+    entries = response.json()["models"]
+    assert [entry["slug"] for entry in entries] == [MODEL, "other/Model", "gpt-5-codex"]
+    for entry in entries:
+        assert entry["context_window"] == 16384
+        assert entry["apply_patch_tool_type"] == "freeform"
+        assert entry["shell_type"] == "shell_command"

@@ -80,3 +80,15 @@ def test_a_real_tool_call_comes_back_as_a_function_call(
     )  # fmt: skip
     assert [item.type for item in follow_up.output] == ["message"]
     assert follow_up.output_text
+
+
+def test_codexs_catalog_entry_has_the_discovered_window(
+    client: openai.OpenAI, mlx_backend: MlxBackend
+) -> None:
+    """The window read from the model's config.json (4096 for the tiny model) is what Codex
+    is told to budget for."""
+    listing = client.get("/models", cast_to=object)
+    assert isinstance(listing, dict)
+    [entry] = listing["models"]
+    assert entry["slug"] == mlx_backend.model
+    assert entry["context_window"] == 4096

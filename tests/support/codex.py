@@ -219,9 +219,15 @@ def model_catalog(
 
 
 def toml_value(value: Any) -> str:
-    """A value as `-c key=value` parses it (TOML); JSON strings and numbers are valid TOML."""
+    """A value as `-c key=value` parses it (TOML); JSON strings and numbers are valid TOML, a
+    dict is written as an inline table."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        fields = ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items())
+        return "{" + fields + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     return json.dumps(value)
 
 
@@ -291,17 +297,21 @@ def run_codex(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float = 120,
+    without: Sequence[str] = (),
 ) -> CodexResult:
     """Run `codex exec` once against `base_url` (the server root, without `/v1`).
 
-    `config` entries are added to (or replace) the `-c` overrides. Codex reads AGENTS.md from
-    `workdir` and the folders above it, so `workdir` belongs in a temporary folder.
+    `config` entries are added to (or replace) the `-c` overrides; the keys in `without` are
+    left out (`model_catalog_json`, to make Codex ask the server for its models). Codex reads
+    AGENTS.md from `workdir` and the folders above it, so `workdir` belongs in a temporary
+    folder.
     """
     for folder in (home / ".codex", home / "tmp"):
         folder.mkdir(parents=True, exist_ok=True)
     catalog_path = home / "model_catalog.json"
     catalog_path.write_text(json.dumps(model_catalog(model, context_window)))
     overrides = {**codex_config(base_url, catalog_path, model, context_window), **(config or {})}
+    overrides = {key: value for key, value in overrides.items() if key not in without}
     command = codex_command(ensure_codex(), prompt, workdir, overrides, extra_args)
     environment = codex_environment(home, env)
     completed = _run_bounded(command, timeout=timeout, cwd=workdir, env=environment)
