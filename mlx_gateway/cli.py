@@ -26,9 +26,6 @@ from mlx_gateway.server.app import create_app
 from mlx_gateway.startup import self_proxy_error
 from mlx_gateway.supervise import BackendSupervisor, log_tail
 
-# A model server loading a large model from disk can take minutes before it answers.
-BACKEND_READY_TIMEOUT = 600.0
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -189,10 +186,10 @@ def run_gateway(config: Config) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {config.host}:{config.port}: {exc}", 1)
     signal.signal(signal.SIGTERM, _raise_stop)
-    supervisor = None
+    supervisor = backend_supervisor(config) if config.serve_backend else None
     try:
-        if config.serve_backend:
-            supervisor = start_backend(config)
+        if supervisor is not None:
+            start_backend(supervisor, config)
         if config.workers > 1:
             serve_workers(config)
         else:
@@ -211,24 +208,25 @@ class BackendStartError(Exception):
     pass
 
 
-def start_backend(config: Config) -> BackendSupervisor:
-    """Starts `--serve-backend` and waits until it answers; says where its log goes."""
+def backend_supervisor(config: Config) -> BackendSupervisor:
     log_path = Path(config.backend_log or state_dir(os.environ) / f"backend-{config.port}.log")
-    supervisor = BackendSupervisor(config.serve_backend, log_path, config.backend_base_url)
+    return BackendSupervisor(config.serve_backend, log_path, config.backend_base_url)
+
+
+def start_backend(supervisor: BackendSupervisor, config: Config) -> None:
+    """Starts `--serve-backend` and waits until it answers; says where its log goes."""
     print(
         f"mlx-gateway: starting the backend: {config.serve_backend}\n"
-        f"mlx-gateway: its log: {log_path}",
+        f"mlx-gateway: its log: {supervisor.log_path}",
         file=sys.stderr,
     )
     try:
         supervisor.start()
     except OSError as exc:
         raise BackendStartError(f"cannot start --serve-backend: {exc}") from None
-    if not supervisor.wait_ready(BACKEND_READY_TIMEOUT):
-        supervisor.stop()
+    if not supervisor.wait_ready(config.backend_start_timeout):
         raise BackendStartError(
             f"the backend did not answer GET {config.backend_base_url}/v1/models within "
-            f"{BACKEND_READY_TIMEOUT:g} s (does its --port match --mlx-url?); "
-            f"the end of its log ({log_path}):\n{log_tail(log_path)}"
+            f"{config.backend_start_timeout:g} s (does its --port match --mlx-url?); "
+            f"the end of its log ({supervisor.log_path}):\n{log_tail(supervisor.log_path)}"
         )
-    return supervisor

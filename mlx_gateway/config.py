@@ -41,6 +41,7 @@ class Config:
     log_format: str = "text"
     serve_backend: str = ""
     backend_log: str = ""
+    backend_start_timeout: float = 600.0
     # The settings given by a flag, the environment or the file, as opposed to defaults.
     given: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -179,6 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object per line (text)"),
     Setting("serve_backend", _parse_command, "backend command the gateway starts and watches"),
     Setting("backend_log", _non_empty, "log file of --serve-backend (default: in the state dir)"),
+    Setting(
+        "backend_start_timeout",
+        _parse_positive_float,
+        "seconds --serve-backend may take to answer (600)",
+    ),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 

@@ -30,8 +30,6 @@ from mlx_gateway.config import Config, state_dir
 
 SERVICE_NAME = "mlx-gateway"
 START_TIMEOUT = 20.0
-# A gateway that starts its own backend (--serve-backend) first waits for it to load a model.
-START_TIMEOUT_WITH_BACKEND = 620.0
 WINDOW_WAIT = 3.0  # a fresh gateway learns the window just after it starts
 # `setting name: /health field` of what must match for a running gateway to be reused.
 _MATCHED = {"mlx_url": "backend", "mlx_model": "model"}
@@ -155,7 +153,8 @@ def private_gateway(config: Config, argv: Sequence[str]) -> Iterator[Session]:
         )
     print(f"mlx-gateway: gateway for this session on {base_url}, log: {log_path}", file=sys.stderr)
     try:
-        timeout = START_TIMEOUT_WITH_BACKEND if config.serve_backend else START_TIMEOUT
+        # A gateway that runs its own backend first waits for it to load the model.
+        timeout = START_TIMEOUT + (config.backend_start_timeout if config.serve_backend else 0)
         yield _wait_started(base_url, process, log_path, timeout)
     finally:
         stop(process)

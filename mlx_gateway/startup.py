@@ -19,7 +19,7 @@ import msgspec
 from mlx_gateway.backends.context import PromptContext
 from mlx_gateway.backends.upstream import Upstream
 from mlx_gateway.config import Config
-from mlx_gateway.errors import GatewayError
+from mlx_gateway.errors import BackendUnavailable, GatewayError
 
 log = logging.getLogger("mlx_gateway")
 
@@ -90,12 +90,19 @@ async def report_backend(config: Config, upstream: Upstream, context: PromptCont
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             answer = await upstream.get_json_bytes("/v1/models")
-    except (GatewayError, TimeoutError) as error:
+    except (BackendUnavailable, TimeoutError) as error:
         log.warning("%s is not reachable: %s", where, _failure(error, upstream))
         return
+    except GatewayError as error:
+        answer = error.message.encode()
     models = served_models(answer)
     if models is None:
-        log.warning("%s answers, but not as an OpenAI-compatible model server", where)
+        log.warning(
+            "%s is not an OpenAI-compatible model server: GET /v1/models answered %s; "
+            "--mlx-url takes the model server's root URL",
+            where,
+            answer[:200].decode(errors="replace"),
+        )
         return
     window = await _window(context, config.mlx_model)
     log.info("%s is reachable: serves %s; %s", where, ", ".join(models) or "no model", window[0])
@@ -103,7 +110,7 @@ async def report_backend(config: Config, upstream: Upstream, context: PromptCont
         log.warning("%s", window[1])
 
 
-def _failure(error: GatewayError | TimeoutError, upstream: Upstream) -> str:
+def _failure(error: BackendUnavailable | TimeoutError, upstream: Upstream) -> str:
     if isinstance(error, TimeoutError):
         return f"no answer within {PROBE_TIMEOUT:g} s"
     message = error.message.removeprefix("MLX backend unavailable: ")

@@ -32,6 +32,7 @@ from mlx_gateway.errors import (
     BackendUnavailable,
     GatewayError,
     InvalidRequest,
+    LoopDetected,
 )
 
 CHAT_PATH = "/v1/chat/completions"
@@ -46,6 +47,8 @@ _MAX_ERROR_BODY = 2000
 def backend_status_error(status: int, body: bytes, profile: BackendProfile) -> GatewayError:
     """A non-2xx answer as the error the client sees (see errors.py for why 4xx -> 400)."""
     message = error_message_from_body(body)
+    if status == 508:  # another gateway refused a request that came round to it
+        return LoopDetected(message)
     overflow = context_overflow_error(message, body)
     if overflow is not None:
         return overflow

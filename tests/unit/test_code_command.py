@@ -24,7 +24,7 @@ from mlx_gateway.launch import command_help, mismatches, split_command
     [
         (["code"], ("code", [], [])),
         (["code", "-p", "hi"], ("code", [], ["-p", "hi"])),
-        (["--port", "9000", "code", "--model", "x"], ("code", ["--port", "9000"], ["--model", "x"])),
+        (["--port", "9", "code", "--model", "x"], ("code", ["--port", "9"], ["--model", "x"])),
         (["--mlx-model", "code", "code", "-c"], ("code", ["--mlx-model", "code"], ["-c"])),
         (["--mlx-model", "codex", "codex", "exec"], ("codex", ["--mlx-model", "codex"], ["exec"])),
         (["--port=9000", "code"], ("code", ["--port=9000"], [])),

@@ -110,6 +110,7 @@ _BAD_VALUES = {
     "ping_interval": "inf",
     "serve_backend": "'unterminated",
     "backend_log": " ",
+    "backend_start_timeout": "-5",
 }
 
 
@@ -149,7 +150,7 @@ def test_a_bad_value_names_the_setting_and_the_expected_form(
 def test_a_toml_value_of_the_wrong_type_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text("port = 80.5\n")
-    with pytest.raises(ConfigError, match="port .*expected a port number"):
+    with pytest.raises(ConfigError, match=r"port .*expected a port number"):
         load_config({}, {}, str(path))
 
 
