@@ -9,8 +9,10 @@ Claude Code (checked against 2.1.x):
   api.anthropic.com (which offline fails with "Unable to connect to Anthropic services"). A user's
   own key is passed on as the token, never both (Claude Code warns about two credentials).
 - `CLAUDE_CODE_MAX_CONTEXT_TOKENS` is the window Claude Code assumes for a model it does not know
-  (else 200k or 1M), `CLAUDE_CODE_AUTO_COMPACT_WINDOW` where it compacts, and
-  `CLAUDE_CODE_MAX_OUTPUT_TOKENS` its answer limit, all from the window the gateway discovered.
+  (else 1M, and it never compacts in time); it compacts within that window. Its
+  `CLAUDE_CODE_AUTO_COMPACT_WINDOW` is raised to at least 100k (with a warning on screen), so it
+  is set only for windows that large. `CLAUDE_CODE_MAX_OUTPUT_TOKENS` is its answer limit. All
+  come from the window the gateway discovered.
 - `CLAUDE_CODE_ATTRIBUTION_HEADER=0`: the attribution line changes on every request and would
   defeat the server's prompt cache.
 
@@ -33,6 +35,8 @@ from typing import Any
 from mlx_gateway.backends.aliases import ModelRouter
 from mlx_gateway.config import Config, state_dir
 
+# Claude Code reads a smaller CLAUDE_CODE_AUTO_COMPACT_WINDOW as this, and says so on screen.
+AUTO_COMPACT_MINIMUM = 100_000
 CODEX_PROVIDER = "mlx_gateway"
 CODEX_OFFLINE: Mapping[str, Any] = {
     "features.plugins": False,
@@ -96,8 +100,9 @@ def claude_environment(
     if session.context_window:
         window = session.context_window
         env.setdefault("CLAUDE_CODE_MAX_CONTEXT_TOKENS", str(window))
-        env.setdefault("CLAUDE_CODE_AUTO_COMPACT_WINDOW", str(window))
         env.setdefault("CLAUDE_CODE_MAX_OUTPUT_TOKENS", str(output_budget(window)))
+        if window >= AUTO_COMPACT_MINIMUM:
+            env.setdefault("CLAUDE_CODE_AUTO_COMPACT_WINDOW", str(window))
     return env
 
 
@@ -196,7 +201,7 @@ AGENTS: Mapping[str, Agent] = {
         wiring=(
             "Claude Code gets ANTHROPIC_BASE_URL, ANTHROPIC_AUTH_TOKEN, the model names, the "
             "model's context window (CLAUDE_CODE_MAX_CONTEXT_TOKENS, "
-            "CLAUDE_CODE_AUTO_COMPACT_WINDOW, CLAUDE_CODE_MAX_OUTPUT_TOKENS) and "
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS, and CLAUDE_CODE_AUTO_COMPACT_WINDOW from 100k) and "
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1; variables you set yourself win."
         ),
         wire=_wire_claude,

@@ -8,7 +8,7 @@
     +-- MethodNotAllowed              405
     +-- RequestTooLarge               413 request_too_large
     +-- BackendUnavailable            503 overloaded_error (unreachable, refused, timed out)
-    |   +-- BackendDown               503, not retryable: the backend has been down a while
+    |   +-- BackendDown               503 api_error, not retryable: down for a while
     +-- BackendFailed                 502 api_error (the backend answered with a 5xx)
     +-- BadBackendResponse            500 api_error (the backend's answer could not be decoded)
     +-- ConfigError                   500 (bad configuration; also raised before serving)
@@ -86,8 +86,10 @@ class BackendUnavailable(GatewayError):
 
 class BackendDown(BackendUnavailable):
     """Told as not retryable so that Claude Code shows the message at once instead of retrying
-    silently for minutes; a first failure stays retryable (a server may be restarting)."""
+    silently for minutes; a first failure stays retryable (a server may be restarting). Not an
+    `overloaded_error` either: Claude Code retries any error of that type whatever the header."""
 
+    anthropic_type = "api_error"
     retryable = False
 
 

@@ -70,8 +70,11 @@ def test_claude_is_told_the_window() -> None:
     env = claude_environment(Config(), Session("http://h:1", 40960), {})
     assert env["ANTHROPIC_AUTH_TOKEN"] == "mlx-gateway"
     assert env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"] == "40960"
-    assert env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "40960"
     assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "5120"
+    # Claude Code would read a smaller compaction window as 100k and warn about it.
+    assert "CLAUDE_CODE_AUTO_COMPACT_WINDOW" not in env
+    large = claude_environment(Config(), Session("http://h:1", 262144), {})
+    assert large["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "262144"
 
 
 @pytest.mark.parametrize(
