@@ -138,3 +138,29 @@ def test_two_gateways_pointed_at_each_other_do_not_loop(tmp_path: Path) -> None:
             finally:
                 second.terminate()
                 second.wait(timeout=10)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_line(start: str) -> str:
+    return next(line for line in README.read_text().splitlines() if start in line)
+
+
+def test_readme_shows_what_a_bad_flag_prints() -> None:
+    shown = readme_line("mlx-gateway: error: invalid --port value").strip().rstrip(".").strip("`")
+    command = [sys.executable, "-m", "mlx_gateway", "--port", "abc"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == shown
+
+
+def test_readme_shows_the_start_up_line_of_a_missing_backend(start_gateway: StartGateway) -> None:
+    shown = readme_line("WARNING mlx_gateway: backend http://localhost:8081").split(" ", 1)[1]
+    port = free_port()
+    gateway = start_gateway(
+        f"http://localhost:{port}", "--mlx-model", "mlx-community/Qwen3-8B-4bit"
+    )
+    log = wait_for_line(gateway.log, "is not reachable")
+    line = next(line for line in log.splitlines() if "is not reachable" in line)
+    assert line.split(" WARNING ", 1)[1] == shown.replace("8081", str(port))
