@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StartGateway
+from tests.support.codex import CODEX_VERSION, ensure_codex
 from tests.support.ports import free_port
 from tests.support.scripted_backend import Completion, ScriptedBackend
 
@@ -205,3 +206,33 @@ def test_codex_is_wired_with_overrides_and_the_window(
     # The user's own Codex configuration is left alone.
     assert not (Path(fake_agents["HOME"]) / ".codex").exists()
     assert seen["health"]["model"] == "qwen3:8b"  # type: ignore[index]
+
+
+def test_the_real_codex_runs_through_the_launcher(
+    scripted_backend: ScriptedBackend, tmp_path: Path
+) -> None:
+    """The installed Codex accepts every override (`--strict-config` fails on a key it does
+    not know) and reports its version through the launcher."""
+    executable = ensure_codex()
+    home = tmp_path / "home"
+    work = home / "work"
+    work.mkdir(parents=True)
+    env = {
+        "PATH": f"{executable.parent}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(home),
+        "TMPDIR": str(home),
+    }
+    base = [*("--port", str(free_port()), "--mlx-url", scripted_backend.url), "codex"]
+    version = run_gateway_command([*base, "--version"], env)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.split()[-1] == CODEX_VERSION
+    strict = run_gateway_command(
+        [*base, "--strict-config", "exec", "--skip-git-repo-check", "--cd", str(work), "hi"],
+        {**env, "MLX_GATEWAY_CONTEXT_WINDOW": "32768"},
+        timeout=120,
+    )
+    # The gateway has no /v1/responses yet on this branch's base, so the turn fails there;
+    # what matters is that Codex took the configuration and asked the gateway.
+    output = strict.stdout + strict.stderr
+    assert "unknown configuration field" not in output
+    assert "/v1/responses" in output
