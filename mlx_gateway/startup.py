@@ -89,7 +89,7 @@ async def report_backend(config: Config, upstream: Upstream, context: PromptCont
     where = f"backend {config.backend_base_url} ({upstream.profile.name})"
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            answer = await upstream.get_json_bytes("/v1/models")
+            answer = await upstream.probe_models()
     except (BackendUnavailable, TimeoutError) as error:
         log.warning("%s is not reachable: %s", where, _failure(error, upstream))
         return

@@ -41,6 +41,8 @@ _HOP = b"X-MLX-Gateway-Hop: 1\r\n"
 _ACCEPT_JSON = b"Accept: application/json\r\n" + _HOP
 _JSON_HEADERS = b"Content-Type: application/json\r\n" + _ACCEPT_JSON
 _SSE_HEADERS = b"Content-Type: application/json\r\nAccept: text/event-stream\r\n" + _HOP
+# Marks the start-up check, so that a server's log (or a test's recording) can tell it apart.
+_PROBE_HEADERS = _ACCEPT_JSON + b"X-MLX-Gateway-Probe: start-up\r\n"
 _MAX_ERROR_BODY = 2000
 
 
@@ -164,6 +166,10 @@ class Upstream:
 
     async def get_json_bytes(self, path: str) -> bytes:
         return await self._exchange("GET", path, None, _ACCEPT_JSON)
+
+    async def probe_models(self) -> bytes:
+        """`GET /v1/models` as the start-up check."""
+        return await self._exchange("GET", "/v1/models", None, _PROBE_HEADERS)
 
     async def post_json_bytes(self, path: str, body: bytes) -> bytes:
         """A JSON POST to one of the server's own endpoints (tokenize, model info)."""
