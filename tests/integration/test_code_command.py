@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import StartGateway
 from tests.support.codex import CODEX_VERSION, ensure_codex
 from tests.support.ports import free_port
-from tests.support.scripted_backend import Completion, ScriptedBackend
+from tests.support.scripted_backend import Completion, ScriptedBackend, text_stream
 
 FAKE_AGENT = """#!{python}
 import json, os, sys, urllib.request
@@ -208,11 +208,12 @@ def test_codex_is_wired_with_overrides_and_the_window(
     assert seen["health"]["model"] == "qwen3:8b"  # type: ignore[index]
 
 
-def test_the_real_codex_runs_through_the_launcher(
+def test_the_real_codex_runs_a_turn_through_the_launcher(
     scripted_backend: ScriptedBackend, tmp_path: Path
 ) -> None:
-    """The installed Codex accepts every override (`--strict-config` fails on a key it does
-    not know) and reports its version through the launcher."""
+    """The installed Codex takes every override (`--strict-config` fails on a key it does not
+    know), reports its version, and does one turn through a private gateway, offline: the
+    backend sees the model and the full tool set the catalog gives it (`apply_patch`)."""
     executable = ensure_codex()
     home = tmp_path / "home"
     work = home / "work"
@@ -220,19 +221,26 @@ def test_the_real_codex_runs_through_the_launcher(
     env = {
         "PATH": f"{executable.parent}{os.pathsep}{os.environ['PATH']}",
         "HOME": str(home),
-        "TMPDIR": str(home),
+        "TMPDIR": str(home),  # Codex makes no helper executables under the system's /tmp
     }
-    base = [*("--port", str(free_port()), "--mlx-url", scripted_backend.url), "codex"]
+    base = [*("--port", str(free_port()), "--mlx-url", scripted_backend.url)]
+    base += ["--mlx-model", "local/coder", "--context-window", "32768", "codex"]
     version = run_gateway_command([*base, "--version"], env)
     assert version.returncode == 0, version.stderr
     assert version.stdout.split()[-1] == CODEX_VERSION
-    strict = run_gateway_command(
-        [*base, "--strict-config", "exec", "--skip-git-repo-check", "--cd", str(work), "hi"],
-        {**env, "MLX_GATEWAY_CONTEXT_WINDOW": "32768"},
-        timeout=120,
+    scripted_backend.queue(text_stream(["Hello from ", "the launcher."]))
+    turn = run_gateway_command(
+        [
+            *base,
+            *("--strict-config", "exec", "--json", "--skip-git-repo-check", "--ephemeral"),
+            *("--cd", str(work), "Say hello."),
+        ],
+        env,
+        timeout=150,
     )
-    # The gateway has no /v1/responses yet on this branch's base, so the turn fails there;
-    # what matters is that Codex took the configuration and asked the gateway.
-    output = strict.stdout + strict.stderr
-    assert "unknown configuration field" not in output
-    assert "/v1/responses" in output
+    assert turn.returncode == 0, turn.stdout + turn.stderr
+    assert '"text":"Hello from the launcher."' in turn.stdout.replace(": ", ":")
+    [chat] = [request.json() for request in scripted_backend.chat_requests]
+    assert chat["model"] == "local/coder"
+    assert "apply_patch" in [tool["function"]["name"] for tool in chat["tools"]]
+    assert not (home / ".codex" / "config.toml").exists()
