@@ -108,6 +108,7 @@ _BAD_VALUES = {
     "context_window": "big",
     "workers": "two",
     "ping_interval": "inf",
+    "log_format": "xml",
     "serve_backend": "'unterminated",
     "backend_log": " ",
     "backend_start_timeout": "-5",
