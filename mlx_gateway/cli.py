@@ -8,23 +8,38 @@ import gc
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
 
-from mlx_gateway import __version__
-from mlx_gateway.config import SETTINGS, Config, load_config
+from mlx_gateway import __version__, children
+from mlx_gateway.config import SETTINGS, Config, load_config, state_dir
 from mlx_gateway.errors import ConfigError
-from mlx_gateway.launch import run_code, split_code_command
+from mlx_gateway.launch import command_help, run_command, split_command
 from mlx_gateway.logs import configure_logging
 from mlx_gateway.server import rsgi
 from mlx_gateway.server.app import create_app
+from mlx_gateway.startup import self_proxy_error
+from mlx_gateway.supervise import BackendSupervisor, log_tail
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line naming the problem, as for bad values, instead of the usage block."""
+        self.exit(2, f"mlx-gateway: error: {message} (see mlx-gateway --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mlx-gateway",
-        epilog="`mlx-gateway [flags] code [claude args...]` runs Claude Code through the gateway.",
+        epilog=(
+            "`mlx-gateway [flags] code [claude args...]` runs Claude Code through the gateway, "
+            "`mlx-gateway [flags] codex [codex args...]` runs Codex; `code --help` says more."
+        ),
         description="Anthropic Messages and OpenAI Chat Completions for a local model server.",
     )
     parser.add_argument("--version", action="version", version=f"mlx-gateway {__version__}")
@@ -54,7 +69,7 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, report: bool = True) -> None:
     configure_logging(config.log_level, config.log_format)
     logging.getLogger("mlx_gateway").info(
         "mlx-gateway %s on http://%s:%d -> %s (model %s)",
@@ -66,7 +81,7 @@ def serve(config: Config) -> None:
     )
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    app = create_app(config)
+    app = create_app(config, report=report)
     tune_gc()
     try:
         loop.run_until_complete(rsgi.serve(app, config.host, config.port))
@@ -74,23 +89,49 @@ def serve(config: Config) -> None:
         loop.close()
 
 
+def serve_worker(config: Config, parent_pid: int, report: bool) -> None:
+    children.die_with(parent_pid)
+    serve(config, report)
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT to a process that serves nothing itself (see serve_workers)."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
 def serve_workers(config: Config) -> None:
     """N processes on one port (SO_REUSEPORT): the gateway keeps no state between requests, so
-    the kernel may hand any connection to any of them."""
+    the kernel may hand any connection to any of them. They stop with this process, whether it
+    is stopped (SIGTERM, SIGINT) or killed (the parent-death signal, see children.py)."""
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=serve, args=(config,)) for _ in range(config.workers)]
-    for worker in workers:
-        worker.start()
+    workers = [
+        context.Process(target=serve_worker, args=(config, os.getpid(), index == 0))
+        for index in range(config.workers)
+    ]
     try:
         for worker in workers:
+            worker.start()
+        for worker in workers:
             worker.join()
-    except KeyboardInterrupt:
+    except (_Stop, KeyboardInterrupt):
         pass
     finally:
-        for worker in workers:
+        _stop_workers(workers)
+
+
+def _stop_workers(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    for worker in workers:
+        if worker.is_alive():
             worker.terminate()
-        for worker in workers:
-            worker.join(timeout=10)
+    deadline = time.monotonic() + 10
+    for worker in workers:
+        worker.join(timeout=max(deadline - time.monotonic(), 0.1))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def claim_port(host: str, port: int) -> None:
@@ -111,31 +152,81 @@ def parse_config(argv: Sequence[str]) -> Config:
     return load_config(flags, os.environ, args.config)
 
 
+def _fail(message: str, status: int) -> int:
+    print(f"mlx-gateway: error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["doctor"]:
         from mlx_gateway.doctor import run_doctor  # imported here: it imports this module
 
         return run_doctor(arguments[1:])
-    code_command = split_code_command(arguments)
-    gateway_argv = code_command[0] if code_command else arguments
+    command = split_command(arguments)
+    gateway_argv = command.gateway_argv if command else arguments
+    if command is not None and command.wants_help:
+        print(command_help(command.name))
+        return 0
     try:
         config = parse_config(gateway_argv)
     except ConfigError as exc:
-        print(f"mlx-gateway: error: {exc.message}", file=sys.stderr)
-        return 2
-    if code_command is not None:
-        return run_code(config, gateway_argv, code_command[1])
+        return _fail(exc.message, 2)
+    if command is not None:
+        return run_command(command, config)
+    return run_gateway(config)
+
+
+def run_gateway(config: Config) -> int:
+    refused = self_proxy_error(config)
+    if refused is not None:
+        return _fail(refused, 2)
     try:
         claim_port(config.host, config.port)
     except OSError as exc:
-        print(
-            f"mlx-gateway: error: cannot listen on {config.host}:{config.port}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    if config.workers > 1:
-        serve_workers(config)
-    else:
-        serve(config)
+        return _fail(f"cannot listen on {config.host}:{config.port}: {exc}", 1)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    supervisor = backend_supervisor(config) if config.serve_backend else None
+    try:
+        if supervisor is not None:
+            start_backend(supervisor, config)
+        if config.workers > 1:
+            serve_workers(config)
+        else:
+            serve(config)
+    except BackendStartError as exc:
+        return _fail(str(exc), 1)
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
     return 0
+
+
+class BackendStartError(Exception):
+    pass
+
+
+def backend_supervisor(config: Config) -> BackendSupervisor:
+    log_path = Path(config.backend_log or state_dir(os.environ) / f"backend-{config.port}.log")
+    return BackendSupervisor(config.serve_backend, log_path, config.backend_base_url)
+
+
+def start_backend(supervisor: BackendSupervisor, config: Config) -> None:
+    """Starts `--serve-backend` and waits until it answers; says where its log goes."""
+    print(
+        f"mlx-gateway: starting the backend: {config.serve_backend}\n"
+        f"mlx-gateway: its log: {supervisor.log_path}",
+        file=sys.stderr,
+    )
+    try:
+        supervisor.start()
+    except OSError as exc:
+        raise BackendStartError(f"cannot start --serve-backend: {exc}") from None
+    if not supervisor.wait_ready(config.backend_start_timeout):
+        raise BackendStartError(
+            f"the backend did not answer GET {config.backend_base_url}/v1/models within "
+            f"{config.backend_start_timeout:g} s (does its --port match --mlx-url?); "
+            f"the end of its log ({supervisor.log_path}):\n{log_tail(supervisor.log_path)}"
+        )

@@ -7,6 +7,7 @@ are all derived from that table, so the three sources can never drift apart.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ class Config:
     workers: int = 1
     ping_interval: float = 10.0
     log_format: str = "text"
+    serve_backend: str = ""
+    backend_log: str = ""
+    backend_start_timeout: float = 600.0
+    # The settings given by a flag, the environment or the file, as opposed to defaults.
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def backend_base_url(self) -> str:
@@ -47,37 +53,59 @@ class Config:
 
 
 def _parse_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    parts = urlsplit(value.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ValueError("expected an http(s) URL such as http://localhost:8081")
-    return value
+    return value.strip()
+
+
+def _number(kind: Callable[[str], Any], expected: str) -> Callable[[str], Any]:
+    """int() or float() with the form the setting expects in the message, not Python's."""
+
+    def parse(value: str) -> Any:
+        try:
+            return kind(value.strip())
+        except ValueError:
+            raise ValueError(expected) from None
+
+    return parse
+
+
+_PORT_FORM = "expected a port number from 0 to 65535"
 
 
 def _parse_port(value: str) -> int:
-    port = int(value)
+    port: int = _number(int, _PORT_FORM)(value)
     if not 0 <= port <= 65535:
-        raise ValueError("expected a port number from 0 to 65535")
+        raise ValueError(_PORT_FORM)
     return port
 
 
 def _parse_positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("expected a number greater than 0")
+    form = "expected a number greater than 0, such as 30 or 2.5"
+    number: float = _number(float, form)(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(form)
     return number
 
 
 def _parse_non_negative_int(value: str) -> int:
-    number = int(value)
+    form = "expected a whole number >= 0, such as 32768"
+    number: int = _number(int, form)(value)
     if number < 0:
-        raise ValueError("expected a whole number >= 0")
+        raise ValueError(form)
     return number
 
 
 def _parse_positive_int(value: str) -> int:
-    number = int(value)
+    form = "expected a whole number >= 1, such as 2"
+    number: int = _number(int, form)(value)
     if number < 1:
-        raise ValueError("expected a whole number >= 1")
+        raise ValueError(form)
     return number
 
 
@@ -94,6 +122,18 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _parse_command(value: str) -> str:
+    """A command line run without a shell; checked here so that a stray quote fails at once."""
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        form = f"expected a command line such as 'mlx_lm.server --port 8081' ({exc})"
+        raise ValueError(form) from None
+    if not words:
+        raise ValueError("expected a command line such as 'mlx_lm.server --port 8081'")
     return value.strip()
 
 
@@ -138,6 +178,13 @@ SETTINGS: tuple[Setting, ...] = (
         "ping_interval", _parse_positive_float, "seconds between pings on a silent stream (10)"
     ),
     Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object per line (text)"),
+    Setting("serve_backend", _parse_command, "backend command the gateway starts and watches"),
+    Setting("backend_log", _non_empty, "log file of --serve-backend (default: in the state dir)"),
+    Setting(
+        "backend_start_timeout",
+        _parse_positive_float,
+        "seconds --serve-backend may take to answer (600)",
+    ),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -188,6 +235,13 @@ def _from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def state_dir(environ: Mapping[str, str]) -> Path:
+    """Where the gateway keeps its log files: `$XDG_STATE_HOME/mlx-gateway`, by default
+    `~/.local/state/mlx-gateway`."""
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mlx-gateway"
+
+
 def load_config(
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
@@ -198,7 +252,10 @@ def load_config(
     values: dict[str, Any] = _from_toml(Path(path)) if path else {}
     values.update(_from_environ(environ))
     values.update(_from_flags(flags))
-    config = dataclasses.replace(Config(), **values)
+    config = dataclasses.replace(Config(), **values, given=frozenset(values))
     if config.total_timeout < config.timeout:
-        raise ConfigError("total_timeout must not be smaller than timeout")
+        raise ConfigError(
+            f"--total-timeout ({config.total_timeout:g}) must not be smaller than "
+            f"--timeout ({config.timeout:g})"
+        )
     return config

@@ -8,10 +8,13 @@
     +-- MethodNotAllowed              405
     +-- RequestTooLarge               413 request_too_large
     +-- BackendUnavailable            503 overloaded_error (unreachable, refused, timed out)
+    |   +-- BackendDown               503 api_error, not retryable: down for a while
     +-- BackendFailed                 502 api_error (the backend answered with a 5xx)
     +-- BackendStreamFailed           502 api_error (an error frame in the backend's stream)
     +-- BadBackendResponse            500 api_error (the backend's answer could not be decoded)
     +-- ConfigError                   500 (bad configuration; also raised before serving)
+    +-- LoopDetected                  508 the request came from a gateway (one that this one
+                                          forwards to, directly or not): it would go round
 
 A 4xx from the backend deliberately becomes a 400 and not a 502: Claude Code retries 5xx answers
 for minutes, which is useless for a request that can never succeed.
@@ -75,8 +78,20 @@ class BackendUnavailable(GatewayError):
     openai_type = "server_error"
     retryable = True
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, unreachable: bool = False) -> None:
         super().__init__(f"MLX backend unavailable: {reason}")
+        self.reason = reason
+        # Nothing accepted the connection (as opposed to a backend that was slow or broke off).
+        self.unreachable = unreachable
+
+
+class BackendDown(BackendUnavailable):
+    """Told as not retryable so that Claude Code shows the message at once instead of retrying
+    silently for minutes; a first failure stays retryable (a server may be restarting). Not an
+    `overloaded_error` either: Claude Code retries any error of that type whatever the header."""
+
+    anthropic_type = "api_error"
+    retryable = False
 
 
 class BackendFailed(GatewayError):
@@ -105,6 +120,12 @@ class BadBackendResponse(GatewayError):
 
 class ConfigError(GatewayError):
     pass
+
+
+class LoopDetected(GatewayError):
+    status = 508
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
 
 
 def anthropic_error_body(error: GatewayError) -> dict[str, Any]:

@@ -21,10 +21,19 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     with ExitStack() as stack:
 
         def start(
-            backend_url: str, *flags: str, env: dict[str, str] | None = None
+            backend_url: str,
+            *flags: str,
+            env: dict[str, str] | None = None,
+            startup_timeout: float = 20,
         ) -> GatewayProcess:
             return stack.enter_context(
-                running_gateway(backend_url, *flags, tmp_dir=tmp_path, env=env)
+                running_gateway(
+                    backend_url,
+                    *flags,
+                    tmp_dir=tmp_path,
+                    env=env,
+                    startup_timeout=startup_timeout,
+                )
             )
 
         yield start

@@ -306,6 +306,10 @@ class PromptContext:
                     self._failed("window", model)
         return self._windows.get(model)
 
+    def known_window(self, model: str) -> int | None:
+        """The window as far as it is known now, without asking the backend."""
+        return self.configured_window or self._windows.get(model)
+
     async def count(self, model: str, body: Json) -> TokenCount:
         prompt = prompt_part(body)
         key = hashlib.blake2b(_json.encode(prompt), digest_size=16).digest()

@@ -50,6 +50,9 @@ class BackendProfile:
     # mlx_lm.server loads `--mlx-model` from a folder or the Hugging Face cache, so the gateway
     # can read the same tokenizer, chat template and config.json (the context window).
     reads_local_model: bool = False
+    # The command that starts this kind of server, for the hint when it cannot be reached;
+    # `{model}` and `{port}` are filled in. Empty when there is no one command to suggest.
+    start_command: str = ""
 
 
 PROFILES: dict[str, BackendProfile] = {
@@ -57,11 +60,13 @@ PROFILES: dict[str, BackendProfile] = {
         name="mlx_lm",
         image_refusal_markers=("Only 'text' content type is supported",),
         reads_local_model=True,
+        start_command="mlx_lm.server --model {model} --port {port}",
     ),
     "ollama": BackendProfile(
         name="ollama",
         thinking_switch=None,
         context_probe=ContextProbe("/api/show", "ollama_show", post_model=True),
+        start_command="ollama serve",
     ),
     "llama_cpp": BackendProfile(
         name="llama_cpp",
@@ -69,6 +74,7 @@ PROFILES: dict[str, BackendProfile] = {
         context_probe=ContextProbe("/props", "llama_cpp_props"),
         tokenize_path="/tokenize",
         apply_template_path="/apply-template",
+        start_command="llama-server -m <model.gguf> --port {port}",
     ),
     "vllm": BackendProfile(
         name="vllm",
@@ -76,8 +82,11 @@ PROFILES: dict[str, BackendProfile] = {
         reports_stop_match=True,
         context_probe=ContextProbe("/v1/models", "vllm_models"),
         tokenize_path="/tokenize",
+        start_command="vllm serve {model} --port {port}",
     ),
-    "lmstudio": BackendProfile(name="lmstudio", thinking_switch=None),
+    "lmstudio": BackendProfile(
+        name="lmstudio", thinking_switch=None, start_command="lms server start --port {port}"
+    ),
     "openai": BackendProfile(name="openai", thinking_switch=None),
 }
 
@@ -112,3 +121,12 @@ def _strip_schema(schema: Any, keys: tuple[str, ...]) -> Any:
     if isinstance(schema, list):
         return [_strip_schema(item, keys) for item in schema]
     return schema
+
+
+def start_hint(profile: BackendProfile, base_url: str, model: str) -> str:
+    """What to do when nothing answers at `base_url`: start the server, or point at it."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    command = profile.start_command.format(model=model, port=port)
+    start = f"start the model server (`{command}`) or" if command else "start the model server or"
+    return f"{start} point --mlx-url at the one you run"

@@ -1,11 +1,16 @@
 """The only code that talks to the backend: one pooled client (httpclient.py), non-streaming and
 streaming calls, and one context manager that maps every transport failure to a GatewayError,
 also while a stream is being read.
+
+Every request to the backend carries `X-MLX-Gateway-Hop`, and a gateway refuses requests that
+carry it (server/app.py): a gateway whose backend is itself, or a gateway that forwards back to
+it, answers 508 at once instead of sending the request round until something gives way.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,25 +24,33 @@ from mlx_gateway.backends.httpclient import (
     Response,
     TransportError,
 )
-from mlx_gateway.backends.profiles import BackendProfile
+from mlx_gateway.backends.profiles import BackendProfile, start_hint
 from mlx_gateway.errors import (
+    BackendDown,
     BackendFailed,
     BackendRejected,
     BackendUnavailable,
     GatewayError,
     InvalidRequest,
+    LoopDetected,
 )
 
 CHAT_PATH = "/v1/chat/completions"
-_ACCEPT_JSON = b"Accept: application/json\r\n"
+HOP_HEADER = "x-mlx-gateway-hop"  # lower case, as the server sees request headers
+_HOP = b"X-MLX-Gateway-Hop: 1\r\n"
+_ACCEPT_JSON = b"Accept: application/json\r\n" + _HOP
 _JSON_HEADERS = b"Content-Type: application/json\r\n" + _ACCEPT_JSON
-_SSE_HEADERS = b"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+_SSE_HEADERS = b"Content-Type: application/json\r\nAccept: text/event-stream\r\n" + _HOP
+# Marks the start-up check, so that a server's log (or a test's recording) can tell it apart.
+_PROBE_HEADERS = _ACCEPT_JSON + b"X-MLX-Gateway-Probe: start-up\r\n"
 _MAX_ERROR_BODY = 2000
 
 
 def backend_status_error(status: int, body: bytes, profile: BackendProfile) -> GatewayError:
     """A non-2xx answer as the error the client sees (see errors.py for why 4xx -> 400)."""
     message = error_message_from_body(body)
+    if status == 508:  # another gateway refused a request that came round to it
+        return LoopDetected(message)
     overflow = context_overflow_error(message, body)
     if overflow is not None:
         return overflow
@@ -73,7 +86,9 @@ def _transport_error(exc: BaseException, timeout: float) -> BackendUnavailable |
     if isinstance(exc, TimeoutError):
         return BackendUnavailable(f"no answer within {timeout:g} s")
     if isinstance(exc, ConnectError):
-        return BackendUnavailable(f"cannot connect to {exc.host}:{exc.port} ({exc.os_error})")
+        return BackendUnavailable(
+            f"cannot connect to {exc.host}:{exc.port} ({exc.os_error})", unreachable=True
+        )
     if isinstance(exc, PayloadError):
         return BackendUnavailable(f"connection broke while reading the answer ({exc})")
     if isinstance(exc, TransportError | OSError):
@@ -81,16 +96,56 @@ def _transport_error(exc: BaseException, timeout: float) -> BackendUnavailable |
     return None
 
 
+class DownWatch:
+    """Decides when a backend that cannot be reached is known to be down, rather than briefly
+    away: after `failures` connection failures in a row, or failures for `seconds`. A request
+    that reaches the backend clears it. One small object, so that a fuller health model (a pool
+    with probes) can take its place behind the same three calls."""
+
+    def __init__(
+        self,
+        failures: int = 3,
+        seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failures = failures
+        self.seconds = seconds
+        self.clock = clock
+        self._count = 0
+        self._since: float | None = None
+
+    def failed(self) -> None:
+        self._count += 1
+        if self._since is None:
+            self._since = self.clock()
+
+    def reached(self) -> None:
+        self._count, self._since = 0, None
+
+    @property
+    def down(self) -> bool:
+        if self._since is None:
+            return False
+        return self._count >= self.failures or self.clock() - self._since >= self.seconds
+
+
 class Upstream:
     """Owns the connection pool; made and closed inside the app's lifespan."""
 
     def __init__(
-        self, base_url: str, profile: BackendProfile, timeout: float, total_timeout: float
+        self,
+        base_url: str,
+        profile: BackendProfile,
+        timeout: float,
+        total_timeout: float,
+        model: str = "",
     ) -> None:
         self.base_url = base_url
         self.profile = profile
         self.timeout = timeout
         self.total_timeout = total_timeout
+        self.hint = start_hint(profile, base_url, model)
+        self.watch = DownWatch()
         self._client: HttpClient | None = None
 
     async def start(self) -> None:
@@ -112,6 +167,10 @@ class Upstream:
     async def get_json_bytes(self, path: str) -> bytes:
         return await self._exchange("GET", path, None, _ACCEPT_JSON)
 
+    async def probe_models(self) -> bytes:
+        """`GET /v1/models` as the start-up check."""
+        return await self._exchange("GET", "/v1/models", None, _PROBE_HEADERS)
+
     async def post_json_bytes(self, path: str, body: bytes) -> bytes:
         """A JSON POST to one of the server's own endpoints (tokenize, model info)."""
         return await self._exchange("POST", path, body, _JSON_HEADERS)
@@ -120,20 +179,34 @@ class Upstream:
         return await self._exchange("POST", CHAT_PATH, body, _JSON_HEADERS)
 
     async def _exchange(self, method: str, path: str, body: bytes | None, headers: bytes) -> bytes:
+        response = await self._open(method, path, body, headers)
         with mapped_transport_errors(self.timeout):
-            response = await self.client.request(method, path, body, headers=headers)
             answer = await response.read()
         if response.status >= 400:
             raise backend_status_error(response.status, answer, self.profile)
         return answer
+
+    async def _open(self, method: str, path: str, body: bytes | None, headers: bytes) -> Response:
+        """Sends a request; a backend that cannot be reached is told with what to do about it,
+        and once it is known to be down, as an error not worth retrying."""
+        try:
+            with mapped_transport_errors(self.timeout):
+                response = await self.client.request(method, path, body, headers=headers)
+        except BackendUnavailable as error:
+            if not error.unreachable:
+                raise
+            self.watch.failed()
+            kind = BackendDown if self.watch.down else BackendUnavailable
+            raise kind(f"{error.reason}; {self.hint}", unreachable=True) from None
+        self.watch.reached()
+        return response
 
     @asynccontextmanager
     async def stream(self, body: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
         """Opens the stream (status errors raise here, before anything is sent to the client) and
         yields an iterator of raw byte pieces as they arrive. Leaving the block early closes the
         backend connection, so the model stops generating for a client that went away."""
-        with mapped_transport_errors(self.timeout):
-            response = await self.client.request("POST", CHAT_PATH, body, headers=_SSE_HEADERS)
+        response = await self._open("POST", CHAT_PATH, body, _SSE_HEADERS)
         try:
             if response.status >= 400:
                 with mapped_transport_errors(self.timeout):

@@ -9,6 +9,7 @@ import time
 
 import msgspec
 
+from mlx_gateway.backends.upstream import HOP_HEADER
 from mlx_gateway.config import Config
 from mlx_gateway.errors import GatewayError, anthropic_error_body, openai_error_body
 from mlx_gateway.responses.models import models_list
@@ -26,6 +27,7 @@ from mlx_gateway.server.rsgi import (
 )
 from mlx_gateway.server.state import GatewayState
 from mlx_gateway.server.status import StatusRoutes
+from mlx_gateway.startup import report_backend
 
 log = logging.getLogger("mlx_gateway")
 
@@ -56,6 +58,8 @@ class InfoRoutes:
             return None
 
     async def health(self, _: Request) -> Reply | EventStream:
+        """Also what `mlx-gateway code` reads to decide whether this gateway is the one asked
+        for (backend and model) and which window to give Claude Code."""
         config = self.state.config
         return json_reply(
             {
@@ -63,6 +67,7 @@ class InfoRoutes:
                 "service": "mlx-gateway",
                 "backend": config.backend_base_url,
                 "model": config.mlx_model,
+                "context_window": self.state.context.known_window(config.mlx_model),
             }
         )
 
@@ -88,8 +93,9 @@ def error_reply(request: Request, error: GatewayError) -> Reply:
     return Reply(_json.encode(body), error.status, [*JSON_HEADERS, ("x-should-retry", retry)])
 
 
-def create_app(config: Config) -> RSGIApp:
-    """Builds the app; the backend pool is opened when serving starts and closed when it ends."""
+def create_app(config: Config, *, report: bool = True) -> RSGIApp:
+    """Builds the app; the backend pool is opened when serving starts and closed when it ends.
+    `report`: log the backend's state once serving has begun (one process of `--workers` does)."""
     state = GatewayState(config)
     messages, chat, info = MessagesRoutes(state), ChatRoutes(state), InfoRoutes(state)
     responses = ResponsesRoutes(state)
@@ -113,7 +119,22 @@ def create_app(config: Config) -> RSGIApp:
         routes,
         error_reply,
         max_body_bytes=int(config.max_body_mb * 1024 * 1024),
-        on_start=state.start,
-        on_stop=state.close,
+        on_start=lambda: _start(state, report),
+        on_stop=lambda: _stop(state),
         observer=state.observer,
+        loop_header=HOP_HEADER,
     )
+
+
+async def _start(state: GatewayState, report: bool) -> None:
+    await state.start()
+    if report:
+        probe = report_backend(state.config, state.upstream, state.context)
+        state.background.add(asyncio.create_task(probe))
+
+
+async def _stop(state: GatewayState) -> None:
+    for task in state.background:
+        task.cancel()
+    await asyncio.gather(*state.background, return_exceptions=True)
+    await state.close()

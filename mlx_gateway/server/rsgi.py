@@ -21,7 +21,13 @@ from granian.log import LogLevels
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported by granian
 from granian.server.embed import Server
 
-from mlx_gateway.errors import GatewayError, MethodNotAllowed, NotFound, RequestTooLarge
+from mlx_gateway.errors import (
+    GatewayError,
+    LoopDetected,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+)
 from mlx_gateway.server.observe import CLIENT_GONE, Observer, RequestRecord
 
 log = logging.getLogger("mlx_gateway")
@@ -134,8 +140,10 @@ class RSGIApp:
         on_stop: Callable[[], Awaitable[None]],
         *,
         observer: Observer | None = None,
+        loop_header: str = "",
     ) -> None:
         self.routes = routes
+        self.loop_header = loop_header
         self.render_error = render_error
         self.max_body_bytes = max_body_bytes
         self.on_start = on_start
@@ -181,6 +189,11 @@ class RSGIApp:
         return None
 
     def _route(self, request: Request) -> Handler:
+        if self.loop_header and self.loop_header in request.headers:
+            raise LoopDetected(
+                "this request came from an mlx-gateway: a gateway's --mlx-url points at this "
+                "gateway (or at one that forwards back to it); point --mlx-url at the model server"
+            )
         methods = self.routes.get(request.path)
         if methods is None:
             raise NotFound(f"no route for {request.method} {request.path}")

@@ -4,6 +4,7 @@ requests (access log, metrics, status page)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from mlx_gateway.backends.aliases import ModelRouter
@@ -27,8 +28,13 @@ class GatewayState:
         self.message_ids = MessageIds()
         self.heartbeat = Heartbeat(config.ping_interval)
         self.upstream = Upstream(
-            config.backend_base_url, self.profile, config.timeout, config.total_timeout
+            config.backend_base_url,
+            self.profile,
+            config.timeout,
+            config.total_timeout,
+            model=config.mlx_model,
         )
+        self.background: set[asyncio.Task[None]] = set()  # cancelled when serving stops
         # The model's context window and prompt counts, discovered and cached per backend model.
         self.context = PromptContext(
             self.profile, self.upstream, configured_window=config.context_window

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import StartGateway
 from tests.support.scripted_backend import Completion, ScriptedBackend
@@ -37,10 +40,12 @@ def test_two_workers_share_the_port(
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert set(pool.map(ask, range(40))) == {200}
-    servers = [
-        pid for pid in children_of(gateway.process.pid) if "mlx_gateway" in _cmdline(pid) or True
-    ]
-    assert len(servers) >= 2
+    assert len(workers_of(gateway.process.pid)) == 2
+
+
+def workers_of(pid: int) -> list[int]:
+    """The parent's spawned serving processes (multiprocessing's resource tracker aside)."""
+    return [child for child in children_of(pid) if "spawn_main" in _cmdline(child)]
 
 
 def _cmdline(pid: int) -> str:
@@ -48,6 +53,39 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_workers_stop_with_the_parent(
+    scripted_backend: ScriptedBackend, start_gateway: StartGateway, signum: signal.Signals
+) -> None:
+    """Stopped (SIGTERM, SIGINT) or killed outright (SIGKILL: the parent-death signal)."""
+    gateway = start_gateway(scripted_backend.url, "--workers", "2")
+    deadline = time.monotonic() + 10
+    while len(workers := workers_of(gateway.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2
+    everything = children_of(gateway.process.pid)
+    gateway.process.send_signal(signum)
+    gateway.process.wait(timeout=20)
+    assert _wait_gone(everything) == []
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{gateway.url}/health", timeout=2)
 
 
 def test_a_second_gateway_on_a_taken_port_refuses_to_start(

@@ -338,7 +338,11 @@ class ScriptedBackend:
         return web.json_response({"error": error}, status=404)
 
     def _record(self, request: web.Request, body: bytes) -> int:
+        """Appends the request to `requests`, except the gateway's start-up check, which would
+        otherwise be every test's first request; returns its index (-1 when not recorded)."""
         headers = {name.lower(): value for name, value in request.headers.items()}
+        if "x-mlx-gateway-probe" in headers:
+            return -1
         recorded = RecordedRequest(
             request.method, request.path, request.query_string, headers, body
         )

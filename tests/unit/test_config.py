@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from mlx_gateway.cli import main
-from mlx_gateway.config import Config, load_config
+from mlx_gateway.config import SETTINGS, Config, Setting, load_config
 from mlx_gateway.errors import ConfigError
 
 
@@ -48,7 +49,7 @@ def test_config_file_from_environment_and_table(tmp_path: Path) -> None:
         ({"log_level": "loud"}, {}, "--log-level"),
         ({"mlx_url": "localhost:8081"}, {}, "--mlx-url"),
         ({"model_map": ["nonsense"]}, {}, "--model-map"),
-        ({"timeout": "500"}, {}, "total_timeout"),
+        ({"timeout": "500"}, {}, "--total-timeout"),
     ],
 )
 def test_bad_values_name_the_setting(
@@ -91,3 +92,89 @@ def test_cli_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> 
     assert err.startswith("mlx-gateway: error:")
     assert "--port" in err
     assert len(err.splitlines()) == 1
+
+
+_BAD_VALUES = {
+    "host": " ",
+    "port": "abc",
+    "log_level": "loud",
+    "mlx_url": "localhost:8081",
+    "mlx_model": "",
+    "timeout": "soon",
+    "total_timeout": "0",
+    "backend": "tgi",
+    "max_body_mb": "-1",
+    "model_map": "nonsense",
+    "context_window": "big",
+    "workers": "two",
+    "ping_interval": "inf",
+    "log_format": "xml",
+    "serve_backend": "'unterminated",
+    "backend_log": " ",
+    "backend_start_timeout": "-5",
+}
+
+
+def test_every_setting_has_a_bad_value_case() -> None:
+    assert set(_BAD_VALUES) == {setting.name for setting in SETTINGS}
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda setting: setting.name)
+@pytest.mark.parametrize("source", ["flag", "environment", "file"])
+def test_a_bad_value_names_the_setting_and_the_expected_form(
+    setting: Setting, source: str, tmp_path: Path
+) -> None:
+    bad = _BAD_VALUES[setting.name]
+    flags: dict[str, object] = {}
+    environ: dict[str, str] = {}
+    path = None
+    if source == "flag":
+        flags[setting.name] = [bad] if setting.repeated else bad
+        named = setting.flag
+    elif source == "environment":
+        environ[setting.env_name] = bad
+        named = setting.env_name
+    else:
+        path = tmp_path / "gateway.toml"
+        path.write_text(f"{setting.name.replace('_', '-')} = {json.dumps(bad)}\n")
+        named = setting.name.replace("_", "-")
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, environ, str(path) if path else None)
+    message = caught.value.message
+    assert named in message
+    assert "expected" in message or "must not be empty" in message
+    assert "invalid literal" not in message
+    assert "could not convert" not in message
+    assert "\n" not in message
+
+
+def test_a_toml_value_of_the_wrong_type_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text("port = 80.5\n")
+    with pytest.raises(ConfigError, match=r"port .*expected a port number"):
+        load_config({}, {}, str(path))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--port", "abc"], ["--bogus", "1"], ["--port"], ["--mlx-url", "ftp://x"]],
+)
+def test_cli_errors_are_one_line_with_status_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's own errors exit from inside parse_args
+        status = int(exit_.code or 0)
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlx-gateway: error:")
+    assert len(err.splitlines()) == 1
+
+
+def test_given_settings_are_remembered(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text('mlx-model = "m"\n')
+    config = load_config({"port": "9"}, {"MLX_GATEWAY_TIMEOUT": "5"}, str(toml))
+    assert config.given == {"port", "timeout", "mlx_model"}
+    assert load_config({}, {}).given == frozenset()
