@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import payloads, peers, procfs, profiling, services
+from bench import payloads, peers, procfs, profiling, routing, services
 from bench.payloads import Exchange
 from bench.report import (
     DIRECT,
@@ -77,6 +77,7 @@ class Settings:
     quick: bool
     only: tuple[str, ...]  # run only scenarios whose name contains one of these
     results_dir: Path
+    routing: bool = False  # only the routing and overload rows (bench/routing.py)
 
 
 FULL = Settings(
@@ -340,6 +341,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         help="run only the scenarios whose name contains TEXT (repeatable)",
     )
     parser.add_argument(
+        "--routing",
+        action="store_true",
+        help="only the routing rows (1, 2, 4 backends) and the overload row",
+    )
+    parser.add_argument(
         "--results-dir", type=Path, help=f"where the JSON goes (default {RESULTS_DIR})"
     )
     args = parser.parse_args(argv)
@@ -348,6 +354,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "peers": tuple(args.peer),
         "profile": args.profile,
         "only": tuple(args.only),
+        "routing": args.routing,
     }
     if args.seconds is not None:
         overrides["seconds"] = args.seconds
@@ -426,6 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True)
     started = time.monotonic()
+    if settings.routing:
+        with tempfile.TemporaryDirectory(prefix="mlx-gateway-bench-") as tmp:
+            concurrency = settings.concurrencies[-1]
+            figures = routing.run(Path(tmp), plan, settings.seconds, concurrency)
+        overload = figures["overload"]
+        failed = overload.other or sum(row.errors for row in figures["routing"])
+        return 1 if failed else 0
     with tempfile.TemporaryDirectory(prefix="mlx-gateway-bench-") as tmp:
         workdir = Path(tmp)
         bench = Bench(settings, workdir, profile_dir)

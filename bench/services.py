@@ -132,12 +132,12 @@ def running(
 
 
 def fake_backend(
-    log_dir: Path, chunks: int, chunks_per_write: int
+    log_dir: Path, chunks: int, chunks_per_write: int, name: str = "fake-backend"
 ) -> AbstractContextManager[Service]:
     port = free_port()
     command = [sys.executable, "-m", "bench.fake_backend", "--port", str(port)]
     return running(
-        "fake-backend",
+        name,
         [*command, "--chunks", str(chunks), "--chunks-per-write", str(chunks_per_write)],
         url=f"http://127.0.0.1:{port}",
         ready_path="/health",
@@ -145,7 +145,16 @@ def fake_backend(
     )
 
 
-def gateway(log_dir: Path, backend_url: str, cores: str | None) -> AbstractContextManager[Service]:
+def gateway(
+    log_dir: Path,
+    backend_url: str,
+    cores: str | None,
+    *extra: str,
+    name: str = "gateway",
+) -> AbstractContextManager[Service]:
+    """The gateway over `backend_url` (more backends and settings in `extra`). The fake backend
+    serves any number of requests at once, so no concurrency limit is set: the figures are the
+    gateway's own cost, not a queue's."""
     port = free_port()
     command = [
         sys.executable,
@@ -157,9 +166,12 @@ def gateway(log_dir: Path, backend_url: str, cores: str | None) -> AbstractConte
         backend_url,
         "--log-level",
         "warning",
+        "--max-concurrency",
+        "0",
+        *extra,
     ]
     return running(
-        "gateway",
+        name,
         command,
         url=f"http://127.0.0.1:{port}",
         ready_path="/health",

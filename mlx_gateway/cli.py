@@ -76,7 +76,7 @@ def serve(config: Config, report: bool = True) -> None:
         __version__,
         config.host,
         config.port,
-        config.backend_base_url,
+        ", ".join(spec.url for spec in config.backend_specs()),
         config.mlx_model,
     )
     loop = new_event_loop()

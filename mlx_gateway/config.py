@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlx_gateway.backends.backend import BackendSpec
 from mlx_gateway.errors import ConfigError
 
 LOG_LEVELS = ("trace", "debug", "info", "notice", "warning", "error", "critical")
@@ -28,7 +29,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
-    mlx_url: str = "http://localhost:8081"
+    mlx_url: tuple[str, ...] = ("http://localhost:8081",)
     mlx_model: str = "mlx-community/Qwen3-8B-4bit"
     timeout: float = 120.0
     total_timeout: float = 300.0
@@ -44,12 +45,30 @@ class Config:
     backend_start_timeout: float = 600.0
     # The settings given by a flag, the environment or the file, as opposed to defaults.
     given: frozenset[str] = field(default=frozenset(), compare=False)
+    max_concurrency: int | None = None
+    queue_size: int = 64
+    queue_timeout: float = 300.0
+    # `[[backends]]` of the TOML file; used when no --mlx-url is given (flag or environment).
+    backends: tuple[BackendSpec, ...] = ()
 
     @property
     def backend_base_url(self) -> str:
-        """The root URL, less a trailing slash or `/v1` (as Ollama users often write)."""
-        url = self.mlx_url.rstrip("/")
-        return url.removesuffix("/v1")
+        """The first backend's root URL (what a one-backend gateway talks to)."""
+        return self.backend_specs()[0].url
+
+    def backend_specs(self) -> tuple[BackendSpec, ...]:
+        """Every backend: the TOML table's, else one per --mlx-url with the global settings."""
+        if self.backends:
+            return self.backends
+        return tuple(
+            BackendSpec(base_url(url), self.backend, (), 1.0, self.max_concurrency)
+            for url in self.mlx_url
+        )
+
+
+def base_url(url: str) -> str:
+    """The root URL, less a trailing slash or `/v1` (as Ollama users often write)."""
+    return url.rstrip("/").removesuffix("/v1")
 
 
 def _parse_url(value: str) -> str:
@@ -109,6 +128,15 @@ def _parse_positive_int(value: str) -> int:
     return number
 
 
+def _parse_concurrency(value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    number = int(value)
+    if number < 0:
+        raise ValueError("expected auto, 0 (no limit) or a whole number >= 1")
+    return number
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         normalised = value.strip().lower().replace("-", "_").replace(".", "_")
@@ -165,7 +193,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", _non_empty, "interface to listen on (default 127.0.0.1)"),
     Setting("port", _parse_port, "port to listen on (default 8080)"),
     Setting("log_level", _choice(LOG_LEVELS), f"{', '.join(LOG_LEVELS)} (default info)"),
-    Setting("mlx_url", _parse_url, "backend URL (default http://localhost:8081)"),
+    Setting(
+        "mlx_url",
+        _parse_url,
+        "backend URL, repeatable (default http://localhost:8081)",
+        repeated=True,
+    ),
     Setting("mlx_model", _non_empty, "backend model (default mlx-community/Qwen3-8B-4bit)"),
     Setting("timeout", _parse_positive_float, "seconds without backend progress (default 120)"),
     Setting("total_timeout", _parse_positive_float, "ceiling per request in seconds (default 300)"),
@@ -185,6 +218,13 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_positive_float,
         "seconds --serve-backend may take to answer (600)",
     ),
+    Setting(
+        "max_concurrency",
+        _parse_concurrency,
+        "requests each backend serves at once: auto (from its kind), 0 (no limit) or N",
+    ),
+    Setting("queue_size", _parse_non_negative_int, "requests that may wait for a backend (64)"),
+    Setting("queue_timeout", _parse_positive_float, "seconds a request may wait (default 300)"),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -204,8 +244,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
         document = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    table = document.get("mlx_gateway", document)
+    table = dict(document.get("mlx_gateway", document))
     values: dict[str, Any] = {}
+    if "backends" in table:
+        values["backends"] = _backend_specs(table.pop("backends"), path)
     for key, value in table.items():
         name = key.replace("-", "_")
         if name not in _BY_NAME:
@@ -215,6 +257,39 @@ def _from_toml(path: Path) -> dict[str, Any]:
             raw = [f"{pattern}={model}" for pattern, model in value.items()]
         values[name] = _convert(_BY_NAME[name], raw, f"config file {key}")
     return values
+
+
+_SPEC_KEYS = {"url", "kind", "models", "weight", "max_concurrency", "max-concurrency"}
+
+
+def _backend_specs(tables: Any, path: Path) -> tuple[BackendSpec, ...]:
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"backends in config file {path}: expected [[backends]] tables")
+    return tuple(_backend_spec(table, f"config file {path} backends.{n}") for n, table in
+                 enumerate(tables))  # fmt: skip
+
+
+def _backend_spec(table: dict[str, Any], where: str) -> BackendSpec:
+    unknown = set(table) - _SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r} in {where}")
+    if "url" not in table:
+        raise ConfigError(f"{where}: url is required")
+    try:
+        concurrency = table.get("max_concurrency", table.get("max-concurrency", "auto"))
+        models = table.get("models", ())
+        if isinstance(models, str):
+            models = (models,)
+        weight = _parse_positive_float(str(table.get("weight", 1)))
+        return BackendSpec(
+            base_url(_parse_url(str(table["url"]))),
+            _choice(BACKENDS)(str(table.get("kind", "auto"))),
+            tuple(_non_empty(str(model)) for model in models),
+            weight,
+            _parse_concurrency(str(concurrency)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid value in {where}: {exc}") from exc
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -250,8 +325,10 @@ def load_config(
     """Merge the sources; raise ConfigError with a one-line message naming the bad setting."""
     path = config_path or environ.get(ENV_PREFIX + "CONFIG")
     values: dict[str, Any] = _from_toml(Path(path)) if path else {}
-    values.update(_from_environ(environ))
-    values.update(_from_flags(flags))
+    from_sources = _from_environ(environ) | _from_flags(flags)
+    if "mlx_url" in from_sources:  # a URL given on the command line replaces the file's table
+        values.pop("backends", None)
+    values.update(from_sources)
     config = dataclasses.replace(Config(), **values, given=frozenset(values))
     if config.total_timeout < config.timeout:
         raise ConfigError(

@@ -7,6 +7,9 @@
     +-- NotFound                      404 not_found_error (unknown route or model)
     +-- MethodNotAllowed              405
     +-- RequestTooLarge               413 request_too_large
+    |   +-- BackendRefused            400 a 5xx that refuses this request's content (no retry)
+    +-- RateLimited                   429 rate_limit_error (the backend asked to slow down)
+    +-- Overloaded                    529 overloaded_error / OpenAI 429 (every backend is full)
     +-- BackendUnavailable            503 overloaded_error (unreachable, refused, timed out)
     |   +-- BackendDown               503 api_error, not retryable: down for a while
     +-- BackendFailed                 502 api_error (the backend answered with a 5xx)
@@ -34,10 +37,20 @@ class GatewayError(Exception):
     # Told to clients in `x-should-retry`: Claude Code otherwise retries 5xx answers for about
     # three minutes and replays a 400 six times with features stripped.
     retryable: ClassVar[bool] = False
+    # Where the OpenAI side answers another status than the Anthropic one (529 does not
+    # exist for OpenAI clients); None: the same status.
+    openai_status: ClassVar[int | None] = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Seconds told to the client in `retry-after`; None: no header.
+        self.retry_after: float | None = None
+
+    def status_for(self, anthropic: bool) -> int:
+        if anthropic or self.openai_status is None:
+            return self.status
+        return self.openai_status
 
 
 class InvalidRequest(GatewayError):
@@ -47,11 +60,18 @@ class InvalidRequest(GatewayError):
 
 
 class BackendRejected(InvalidRequest):
-    pass
+    def __init__(self, message: str, backend_status: int = 0) -> None:
+        super().__init__(message)
+        self.backend_status = backend_status
 
 
 class PromptTooLong(InvalidRequest):
     openai_code = "context_length_exceeded"
+
+
+class BackendRefused(InvalidRequest):
+    """A backend 5xx that is really a refusal of this request's content (an image for a text
+    model, tools on a server without a chat template for them): retrying cannot help."""
 
 
 class NotFound(GatewayError):
@@ -70,6 +90,27 @@ class RequestTooLarge(GatewayError):
     status = 413
     anthropic_type = "request_too_large"
     openai_type = "invalid_request_error"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    anthropic_type = "rate_limit_error"
+    openai_type = "rate_limit_exceeded"
+    openai_code = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(RateLimited):
+    """Every backend that serves the model is busy and the queue is full (or the wait for a
+    place ran out): Claude Code retries a 529 by itself; OpenAI clients know a 429."""
+
+    status = 529
+    anthropic_type = "overloaded_error"
+    openai_status = 429
 
 
 class BackendUnavailable(GatewayError):

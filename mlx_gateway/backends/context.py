@@ -49,7 +49,13 @@ from mlx_gateway.backends.tokens import (
     prompt_part,
     text_tokenize_body,
 )
-from mlx_gateway.errors import GatewayError, PromptTooLong
+from mlx_gateway.errors import (
+    BackendFailed,
+    BackendRejected,
+    BackendUnavailable,
+    GatewayError,
+    PromptTooLong,
+)
 
 log = logging.getLogger("mlx_gateway.context")
 
@@ -221,6 +227,18 @@ def context_overflow_error(message: str, body: bytes = b"") -> PromptTooLong | N
     return prompt_too_long(*numbers) if numbers else None
 
 
+def _server_cannot_count(error: Exception) -> bool:
+    """Whether every count would fail now: the server is unreachable, or it has no such
+    endpoint. A refusal of this one prompt (its content, its length) says nothing of the next."""
+    if isinstance(error, BackendUnavailable) and error.unreachable:
+        return True
+    return isinstance(error, BackendRejected | BackendFailed) and error.backend_status in (
+        404,
+        405,
+        501,
+    )
+
+
 # ---- the per-gateway state ---------------------------------------------------------------------
 
 
@@ -345,12 +363,14 @@ class PromptContext:
             else:
                 answer = await self._post(tokenize, chat_tokenize_body(prompt))
             tokens = count_from_tokenize_answer(answer)
-        except PromptTooLong:
-            return None  # this prompt only; the chat request will say it again
         except (GatewayError, msgspec.DecodeError) as error:
-            log.info("backend token count failed (%s); estimating for %gs", error, RETRY_AFTER)
-            tokens = None
-        if tokens is None:
+            if _server_cannot_count(error):
+                log.info("backend token count failed (%s); estimating for %gs", error, RETRY_AFTER)
+                self._failed("tokenize", model)
+            else:  # this prompt only (an image, an overflow): the next one is counted again
+                log.debug("backend token count refused this prompt (%s); estimating", error)
+            return None
+        if tokens is None:  # an answer this server will never make usable
             self._failed("tokenize", model)
         return tokens
 

@@ -74,6 +74,7 @@ class _Connection(asyncio.Protocol):
         self._pieces.clear()
         self._size = 0
         self._framed = False  # Content-Length or Transfer-Encoding seen
+        self.retry_after: bytes | None = None
         self.done = False
         self.keep_alive = False
         self._error: BaseException | None = None
@@ -185,9 +186,12 @@ class _Connection(asyncio.Protocol):
 
     # ---- httptools ----------------------------------------------------------------------------
 
-    def on_header(self, name: bytes, _value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered in (b"content-length", b"transfer-encoding"):
             self._framed = True
+        elif lowered == b"retry-after":  # the one header a gateway passes on (a 429's)
+            self.retry_after = value
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -201,10 +205,11 @@ class Response:
     """An answer whose head has arrived; its body is read with read() or by async iteration.
     The connection goes back to the pool once the body is complete; close() drops it early."""
 
-    __slots__ = ("_client", "_connection", "status")
+    __slots__ = ("_client", "_connection", "retry_after", "status")
 
     def __init__(self, status: int, connection: _Connection, client: HttpClient) -> None:
         self.status = status
+        self.retry_after = connection.retry_after
         self._connection: _Connection | None = connection
         self._client = client
 

@@ -25,6 +25,25 @@ class ContextProbe:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A backend error whose text contains `marker` (lower case) refuses this request's content,
+    whatever its status: the client gets a 400 saying `meaning`, and no retry."""
+
+    marker: str
+    meaning: str
+
+
+IMAGES = "the model does not accept images"
+TOOLS = "the server cannot render tools for this model"
+# Seen on every kind: a text-only model asked about an image.
+COMMON_REFUSALS = (
+    Refusal("image input is not supported", IMAGES),
+    Refusal("does not support image", IMAGES),
+    Refusal("audio input is not supported", "the model does not accept audio"),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class BackendProfile:
     name: str
     # How reasoning is switched on and off: Qwen3-style chat templates read `enable_thinking`
@@ -34,8 +53,8 @@ class BackendProfile:
     reasoning_back_field: str | None = None
     # JSON-schema keys removed from tool parameters because the server rejects them.
     schema_keys_to_strip: tuple[str, ...] = ()
-    # Text of a backend error that means "this model does not take images".
-    image_refusal_markers: tuple[str, ...] = ()
+    # Error texts that refuse this request's content (see Refusal): a 400, not a 502.
+    refusals: tuple[Refusal, ...] = COMMON_REFUSALS
     # Whether the server says which stop sequence ended the output (vLLM's `stop_reason`).
     # Others strip the matched text and say only "stop", so the gateway watches for the
     # sequences itself instead of forwarding them, which makes `stop_sequence` exact.
@@ -53,20 +72,32 @@ class BackendProfile:
     # The command that starts this kind of server, for the hint when it cannot be reached;
     # `{model}` and `{port}` are filled in. Empty when there is no one command to suggest.
     start_command: str = ""
+    # Requests sent at once when the configuration says nothing (0: no limit). mlx_lm.server
+    # serves one long prompt at a time well; the others batch. llama.cpp's own slot count
+    # (`total_slots` in /props) replaces it when the probe reads it.
+    max_concurrency: int = 0
+    # A cheap GET that any answer below 500 proves the server is there.
+    health_path: str = "/health"
 
 
 PROFILES: dict[str, BackendProfile] = {
     "mlx_lm": BackendProfile(
         name="mlx_lm",
-        image_refusal_markers=("Only 'text' content type is supported",),
+        refusals=(
+            *COMMON_REFUSALS,
+            Refusal("only 'text' content type is supported", IMAGES),
+        ),
         reads_local_model=True,
         start_command="mlx_lm.server --model {model} --port {port}",
+        max_concurrency=1,
     ),
     "ollama": BackendProfile(
         name="ollama",
         thinking_switch=None,
         context_probe=ContextProbe("/api/show", "ollama_show", post_model=True),
         start_command="ollama serve",
+        refusals=(*COMMON_REFUSALS, Refusal("does not support tools", TOOLS)),
+        health_path="/api/version",
     ),
     "llama_cpp": BackendProfile(
         name="llama_cpp",
@@ -74,7 +105,13 @@ PROFILES: dict[str, BackendProfile] = {
         context_probe=ContextProbe("/props", "llama_cpp_props"),
         tokenize_path="/tokenize",
         apply_template_path="/apply-template",
-        start_command="llama-server -m <model.gguf> --port {port}",
+        start_command="llama-server -m <model.gguf> --jinja --port {port}",
+        refusals=(
+            *COMMON_REFUSALS,
+            Refusal("tools param requires --jinja", TOOLS + " (start llama-server with --jinja)"),
+            Refusal("unsupported param: tools", TOOLS + " (start llama-server with --jinja)"),
+            Refusal("failed to load image", IMAGES),
+        ),
     ),
     "vllm": BackendProfile(
         name="vllm",
@@ -83,22 +120,34 @@ PROFILES: dict[str, BackendProfile] = {
         context_probe=ContextProbe("/v1/models", "vllm_models"),
         tokenize_path="/tokenize",
         start_command="vllm serve {model} --port {port}",
+        refusals=(
+            *COMMON_REFUSALS,
+            Refusal("is not a multimodal model", IMAGES),
+            Refusal("at most 0 image(s) may be provided", IMAGES),
+            Refusal('"auto" tool choice requires --enable-auto-tool-choice', TOOLS),
+        ),
     ),
     "lmstudio": BackendProfile(
-        name="lmstudio", thinking_switch=None, start_command="lms server start --port {port}"
+        name="lmstudio",
+        thinking_switch=None,
+        start_command="lms server start --port {port}",
+        refusals=(*COMMON_REFUSALS, Refusal("model does not support images", IMAGES)),
+        health_path="/v1/models",
     ),
-    "openai": BackendProfile(name="openai", thinking_switch=None),
+    "openai": BackendProfile(name="openai", thinking_switch=None, health_path="/v1/models"),
 }
 
 _DEFAULT_PORTS = {11434: "ollama", 1234: "lmstudio", 8000: "vllm", 8081: "mlx_lm"}
 
 
+def guess_kind(url: str) -> str:
+    """The last resort when no probe answered: the well-known default ports, else mlx_lm."""
+    return _DEFAULT_PORTS.get(urlsplit(url).port or 0, "mlx_lm")
+
+
 def resolve_profile(backend: str, url: str) -> BackendProfile:
-    """`auto` guesses from the well-known default ports and falls back to mlx_lm.server."""
-    if backend != "auto":
-        return PROFILES[backend]
-    port = urlsplit(url).port
-    return PROFILES[_DEFAULT_PORTS.get(port or 0, "mlx_lm")]
+    """A forced kind, else the port guess (the probe in probe.py replaces it once it answers)."""
+    return PROFILES[backend if backend != "auto" else guess_kind(url)]
 
 
 _NO_PARAMETERS = msgspec.Raw(b'{"type":"object","properties":{}}')

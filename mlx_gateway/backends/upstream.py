@@ -28,11 +28,12 @@ from mlx_gateway.backends.profiles import BackendProfile, start_hint
 from mlx_gateway.errors import (
     BackendDown,
     BackendFailed,
+    BackendRefused,
     BackendRejected,
     BackendUnavailable,
     GatewayError,
-    InvalidRequest,
     LoopDetected,
+    RateLimited,
 )
 
 CHAT_PATH = "/v1/chat/completions"
@@ -46,19 +47,35 @@ _PROBE_HEADERS = _ACCEPT_JSON + b"X-MLX-Gateway-Probe: start-up\r\n"
 _MAX_ERROR_BODY = 2000
 
 
-def backend_status_error(status: int, body: bytes, profile: BackendProfile) -> GatewayError:
-    """A non-2xx answer as the error the client sees (see errors.py for why 4xx -> 400)."""
+def backend_status_error(
+    status: int, body: bytes, profile: BackendProfile, retry_after: bytes | None = None
+) -> GatewayError:
+    """A non-2xx answer as the error the client sees (see errors.py for why 4xx -> 400): what
+    refuses this request's content is a 400 whatever the status (the profile's table), a 429
+    stays a retryable 429 with its `retry-after`, other 5xx are 502s."""
     message = error_message_from_body(body)
     if status == 508:  # another gateway refused a request that came round to it
         return LoopDetected(message)
     overflow = context_overflow_error(message, body)
     if overflow is not None:
         return overflow
-    if any(marker in message for marker in profile.image_refusal_markers):
-        return InvalidRequest(f"the model does not accept images (backend said: {message})")
+    lowered = message.lower()
+    for refusal in profile.refusals:
+        if refusal.marker in lowered:
+            return BackendRefused(f"{refusal.meaning} (backend said: {message})")
+    if status == 429:
+        return RateLimited(f"the backend is rate limiting: {message}", _seconds(retry_after))
     if status >= 500:
         return BackendFailed(status, body.decode("utf-8", errors="replace")[:_MAX_ERROR_BODY])
-    return BackendRejected(f"backend rejected the request (HTTP {status}): {message}")
+    return BackendRejected(f"backend rejected the request (HTTP {status}): {message}", status)
+
+
+def _seconds(retry_after: bytes | None) -> float | None:
+    """`retry-after` in seconds; an HTTP date is not worth parsing here (None)."""
+    try:
+        return max(float(retry_after), 0.0) if retry_after else None
+    except ValueError:
+        return None
 
 
 class mapped_transport_errors:
@@ -183,7 +200,7 @@ class Upstream:
         with mapped_transport_errors(self.timeout):
             answer = await response.read()
         if response.status >= 400:
-            raise backend_status_error(response.status, answer, self.profile)
+            raise backend_status_error(response.status, answer, self.profile, response.retry_after)
         return answer
 
     async def _open(self, method: str, path: str, body: bytes | None, headers: bytes) -> Response:
@@ -211,7 +228,9 @@ class Upstream:
             if response.status >= 400:
                 with mapped_transport_errors(self.timeout):
                     answer = await response.read()
-                raise backend_status_error(response.status, answer, self.profile)
+                raise backend_status_error(
+                    response.status, answer, self.profile, response.retry_after
+                )
             yield _Pieces(response, self.timeout)
         finally:
             response.close()  # a no-op once the body is complete and pooled

@@ -92,6 +92,8 @@ class ResponsesRequest(msgspec.Struct, gc=False):
     text: TextConfig | None = None
     stream: bool = False
     previous_response_id: str | None = None
+    # Codex names its conversation here; the backend pool keeps a conversation on one server.
+    prompt_cache_key: str | None = None
 
 
 _request_decoder = msgspec.json.Decoder(ResponsesRequest)

@@ -4,7 +4,9 @@ caller's protocol."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import math
 import time
 
 import msgspec
@@ -53,23 +55,41 @@ class InfoRoutes:
         """The model's window if it can be known soon: a listing must not wait on a backend
         that does not answer (discovery is retried by the next request that needs it)."""
         try:
-            return await asyncio.wait_for(self.state.context.window(model), _WINDOW_WAIT)
+            backend = self.state.pool.pick(model, lambda: model)
+            return await asyncio.wait_for(backend.context.window(model), _WINDOW_WAIT)
         except TimeoutError:
             return None
 
-    async def health(self, _: Request) -> Reply | EventStream:
-        """Also what `mlx-gateway code` reads to decide whether this gateway is the one asked
-        for (backend and model) and which window to give Claude Code."""
-        config = self.state.config
-        return json_reply(
-            {
-                "status": "ok",
-                "service": "mlx-gateway",
-                "backend": config.backend_base_url,
-                "model": config.mlx_model,
-                "context_window": self.state.context.known_window(config.mlx_model),
-            }
-        )
+    async def health(self, request: Request) -> Reply | EventStream:
+        """`ok` (every backend up), `degraded` (some) or `down` (none), with each backend's
+        state; backend URLs and models only for clients on this machine. Also what
+        `mlx-gateway code` reads to decide whether this gateway is the one asked for (backend
+        and model) and which window to give Claude Code."""
+        private = is_loopback(request.client)
+        state = self.state.pool.state(private=private)
+        state["service"] = "mlx-gateway"
+        if private:
+            config = self.state.config
+            primary = self.state.pool.backends[0]
+            state["backend"] = primary.url
+            state["model"] = config.mlx_model
+            state["context_window"] = primary.context.known_window(config.mlx_model)
+        return json_reply(state)
+
+
+def is_loopback(client: str) -> bool:
+    """`client` is granian's peer, `address:port` (`[v6]:port` for IPv6)."""
+    host = client
+    if client.startswith("["):
+        host = client[1 : client.find("]")]
+    elif client.count(":") == 1:
+        host = client.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 _OPENAI_PATHS = ("/v1/chat", "/v1/models", "/v1/completions", "/v1/embeddings", "/v1/responses")
@@ -86,11 +106,14 @@ def speaks_anthropic(request: Request) -> bool:
 
 
 def error_reply(request: Request, error: GatewayError) -> Reply:
-    level = logging.WARNING if error.status >= 500 else logging.INFO
+    level = logging.WARNING if error.status >= 500 and error.status != 529 else logging.INFO
     log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
-    body = anthropic_error_body(error) if speaks_anthropic(request) else openai_error_body(error)
-    retry = "true" if error.retryable else "false"
-    return Reply(_json.encode(body), error.status, [*JSON_HEADERS, ("x-should-retry", retry)])
+    anthropic = speaks_anthropic(request)
+    body = anthropic_error_body(error) if anthropic else openai_error_body(error)
+    headers = [*JSON_HEADERS, ("x-should-retry", "true" if error.retryable else "false")]
+    if error.retry_after is not None:
+        headers.append(("retry-after", str(max(1, math.ceil(error.retry_after)))))
+    return Reply(_json.encode(body), error.status_for(anthropic), headers)
 
 
 def create_app(config: Config, *, report: bool = True) -> RSGIApp:
@@ -129,7 +152,8 @@ def create_app(config: Config, *, report: bool = True) -> RSGIApp:
 async def _start(state: GatewayState, report: bool) -> None:
     await state.start()
     if report:
-        probe = report_backend(state.config, state.upstream, state.context)
+        primary = state.pool.backends[0]
+        probe = report_backend(state.config, primary.upstream, primary.context)
         state.background.add(asyncio.create_task(probe))
 
 

@@ -4,11 +4,15 @@ model, and the answer relayed unchanged."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import msgspec
 
+from mlx_gateway.backends.backend import Backend
+from mlx_gateway.backends.upstream import Upstream
 from mlx_gateway.errors import GatewayError, openai_error_body
+from mlx_gateway.openai.affinity import conversation_key
 from mlx_gateway.openai.types import raw_json, read_chat_request
 from mlx_gateway.parse.chat import Usage
 from mlx_gateway.parse.sse import DONE, encode_data
@@ -32,19 +36,28 @@ class ChatRoutes:
         payload = chat.fields  # raw JSON values, sent on as they came
         model = self.state.router.resolve(chat.model)
         payload["model"] = raw_json(model)
-        request.record.routed(chat.model, model, self.state.upstream.base_url)
         options = payload.get("stream_options")
         if options is not None and _json_decoder.decode(options) == {}:
             # mlx_lm.server's stream crashes on an empty stream_options object.
             del payload["stream_options"]
-        if chat.stream:
-            return await self._stream(request, _json.encode(payload))
-        answer = await self.state.upstream.complete(_json.encode(payload))
-        note_usage(request.record, _usage_only(answer))
-        return Reply(answer)
+        body = _json.encode(payload)
 
-    async def _stream(self, request: Request, body: bytes) -> Reply | EventStream:
-        async with self.state.upstream.stream(body) as pieces:
+        async def answer(backend: Backend) -> Reply | EventStream:
+            request.record.routed(chat.model, model, backend.url)
+            if chat.stream:
+                return await self._stream(request, backend.upstream, body)
+            answer = await backend.upstream.complete(body)
+            note_usage(request.record, _usage_only(answer))
+            return Reply(answer)
+
+        return await self.state.pool.run(
+            model, partial(conversation_key, chat), answer, request.committed
+        )
+
+    async def _stream(
+        self, request: Request, upstream: Upstream, body: bytes
+    ) -> Reply | EventStream:
+        async with upstream.stream(body) as pieces:
             stream = request.open_stream(EVENT_STREAM_HEADERS)
             ended = False
             previous = last = b""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import msgspec
 
 from mlx_gateway.anthropic import types as an
+from mlx_gateway.anthropic.affinity import conversation_key
 from mlx_gateway.anthropic.answer import assemble_message, to_anthropic_message
 from mlx_gateway.anthropic.count import count_request
 from mlx_gateway.anthropic.request import gateway_watches_stops, to_openai_request
 from mlx_gateway.anthropic.stream import Event, StreamTranslator
+from mlx_gateway.backends.backend import Backend
+from mlx_gateway.backends.upstream import Upstream
 from mlx_gateway.parse.chat import decode_completion
 from mlx_gateway.server.observe import RequestRecord
 from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
@@ -23,53 +28,66 @@ class MessagesRoutes:
         self.state = state
 
     async def messages(self, request: Request) -> Reply | EventStream:
-        state = self.state
         parsed = an.decode_messages_request(request.body)
-        model = state.router.resolve(parsed.model)
-        request.record.routed(parsed.model, model, state.upstream.base_url)
-        upstream_stream = parsed.stream or gateway_watches_stops(parsed, state.profile)
-        payload = to_openai_request(
-            parsed, model=model, profile=state.profile, stream=upstream_stream
+        model = self.state.router.resolve(parsed.model)
+
+        async def answer(backend: Backend) -> Reply | EventStream:
+            return await self._answer(request, parsed, model, backend)
+
+        return await self.state.pool.run(
+            model, partial(conversation_key, parsed), answer, request.committed
         )
+
+    async def _answer(
+        self, request: Request, parsed: an.MessagesRequest, model: str, backend: Backend
+    ) -> Reply | EventStream:
+        request.record.routed(parsed.model, model, backend.url)
+        profile = backend.profile
+        upstream_stream = parsed.stream or gateway_watches_stops(parsed, profile)
+        payload = to_openai_request(parsed, model=model, profile=profile, stream=upstream_stream)
         # Before any stream starts: a prompt that cannot fit is a 400, an answer limit that
         # would run past the window is lowered (nothing is counted while no window is known).
-        max_tokens, prompt = await state.context.fit(model, payload, parsed.max_tokens)
+        max_tokens, prompt = await backend.context.fit(model, payload, parsed.max_tokens)
         payload["max_tokens"] = max_tokens
         body = _json.encode(payload)
         if upstream_stream:
             translator = StreamTranslator(
                 model=model,
-                message_id=state.message_ids.new(),
+                message_id=self.state.message_ids.new(),
                 estimated_input_tokens=(
                     prompt.tokens if prompt else estimate_tokens(len(request.body))
                 ),
                 stop_sequences=parsed.stop_sequences,
             )
             if parsed.stream:
-                return await self._stream(request, body, translator)
-            return json_reply(noted(request, await self._collect(request, body, translator)))
-        answer = await state.upstream.complete(body)
+                return await self._stream(request, backend.upstream, body, translator)
+            collected = await self._collect(request, backend.upstream, body, translator)
+            return json_reply(noted(request, collected))
+        answer = await backend.upstream.complete(body)
         message = to_anthropic_message(
             decode_completion(answer),
             model=model,
-            message_id=state.message_ids.new(),
+            message_id=self.state.message_ids.new(),
             stop_sequences=parsed.stop_sequences,
         )
         return json_reply(noted(request, message))
 
     async def count_tokens(self, request: Request) -> Reply | EventStream:
-        """Counts the prompt of the request `/v1/messages` would send for the same body."""
+        """Counts the prompt of the request `/v1/messages` would send for the same body, on the
+        backend that request would go to."""
         parsed = an.decode_count_tokens_request(request.body)
         model = self.state.router.resolve(parsed.model)
-        request.record.routed(parsed.model, model, self.state.upstream.base_url)
-        body = count_request(parsed, model=model, profile=self.state.profile)
-        counted = await self.state.context.count(model, body)
+        backend = self.state.pool.pick(model, partial(conversation_key, parsed))
+        request.record.routed(parsed.model, model, backend.url)
+        await backend.ready()
+        body = count_request(parsed, model=model, profile=backend.profile)
+        counted = await backend.context.count(model, body)
         return json_reply({"input_tokens": counted.tokens})
 
     async def _stream(
-        self, request: Request, body: bytes, translator: StreamTranslator
+        self, request: Request, upstream: Upstream, body: bytes, translator: StreamTranslator
     ) -> Reply | EventStream:
-        async with self.state.upstream.stream(body) as pieces:
+        async with upstream.stream(body) as pieces:
             return await write_stream(
                 request,
                 pieces,
@@ -78,10 +96,12 @@ class MessagesRoutes:
                 on_close=lambda closing: note_closing(request.record, closing),
             )
 
-    async def _collect(self, request: Request, body: bytes, translator: StreamTranslator) -> Event:
+    async def _collect(
+        self, request: Request, upstream: Upstream, body: bytes, translator: StreamTranslator
+    ) -> Event:
         """A non-streaming answer read from a backend stream, for when the gateway must watch
         the text as it comes (stop sequences): generation ends as soon as one is seen."""
-        async with self.state.upstream.stream(body) as pieces:
+        async with upstream.stream(body) as pieces:
             events = translator.start()
             async for batch in translated_batches(request.record.timed(pieces), translator):
                 events += batch

@@ -4,12 +4,16 @@ over the backend's chat completions."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import msgspec
 
+from mlx_gateway.backends.backend import Backend
+from mlx_gateway.backends.upstream import Upstream
 from mlx_gateway.parse.blocks import Event
 from mlx_gateway.parse.chat import decode_completion
+from mlx_gateway.responses.affinity import conversation_key
 from mlx_gateway.responses.request import custom_tool_names, to_chat_request
 from mlx_gateway.responses.stream import (
     ResponsesStream,
@@ -35,31 +39,42 @@ class ResponsesRoutes:
         self.state = state
 
     async def responses(self, request: Request) -> Reply | EventStream:
-        state = self.state
         parsed = decode_responses_request(request.body)
-        model = state.router.resolve(parsed.model)
-        request.record.routed(parsed.model, model, state.upstream.base_url)
-        limit = parsed.max_output_tokens or await self._default_limit(model)
+        model = self.state.router.resolve(parsed.model)
+
+        async def answer(backend: Backend) -> Reply | EventStream:
+            return await self._answer(request, parsed, model, backend)
+
+        return await self.state.pool.run(
+            model, partial(conversation_key, parsed), answer, request.committed
+        )
+
+    async def _answer(
+        self, request: Request, parsed: ResponsesRequest, model: str, backend: Backend
+    ) -> Reply | EventStream:
+        request.record.routed(parsed.model, model, backend.url)
+        limit = parsed.max_output_tokens or await self._default_limit(backend, model)
         payload = to_chat_request(
-            parsed, model=model, profile=state.profile, stream=parsed.stream, max_tokens=limit
+            parsed, model=model, profile=backend.profile, stream=parsed.stream, max_tokens=limit
         )
         # As for /v1/messages: a prompt that cannot fit is a 400 before anything is streamed,
         # and an answer limit that would run past the window is lowered.
-        max_tokens, prompt = await state.context.fit(model, payload, limit)
+        max_tokens, prompt = await backend.context.fit(model, payload, limit)
         payload["max_tokens"] = max_tokens
         body = _json.encode(payload)
         if parsed.stream:
             estimate = prompt.tokens if prompt else max(len(request.body) // 4, 1)
             machine = self._machine(parsed, model, estimate, False)
-            return await self._stream(request, body, machine)
-        completion = decode_completion(await state.upstream.complete(body))
+            return await self._stream(request, backend.upstream, body, machine)
+        completion = decode_completion(await backend.upstream.complete(body))
         machine = self._machine(parsed, model, 0, starts_in_reasoning(completion))
         answer = whole_response(completion, machine)
         note_usage(request.record, answer.get("usage"))
         return json_reply(answer)
 
-    async def _default_limit(self, model: str) -> int:
-        return await self.state.context.window(model) or DEFAULT_MAX_OUTPUT_TOKENS
+    @staticmethod
+    async def _default_limit(backend: Backend, model: str) -> int:
+        return await backend.context.window(model) or DEFAULT_MAX_OUTPUT_TOKENS
 
     def _machine(
         self, parsed: ResponsesRequest, model: str, estimate: int, in_reasoning: bool
@@ -73,8 +88,10 @@ class ResponsesRoutes:
             starts_in_reasoning=in_reasoning,
         )
 
-    async def _stream(self, request: Request, body: bytes, machine: ResponsesStream) -> EventStream:
-        async with self.state.upstream.stream(body) as pieces:
+    async def _stream(
+        self, request: Request, upstream: Upstream, body: bytes, machine: ResponsesStream
+    ) -> EventStream:
+        async with upstream.stream(body) as pieces:
             return await write_stream(
                 request,
                 pieces,

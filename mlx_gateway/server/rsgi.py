@@ -47,7 +47,7 @@ class Request:
     """What a handler sees of a request; `stream` is set once it starts a streamed answer;
     `record` takes what the handler learns for the access log and the metrics."""
 
-    __slots__ = ("_proto", "body", "headers", "method", "path", "record", "stream")
+    __slots__ = ("_proto", "body", "client", "headers", "method", "path", "record", "stream")
 
     def __init__(
         self,
@@ -58,14 +58,20 @@ class Request:
         proto: Any,
         *,
         record: RequestRecord | None = None,
+        client: str = "",
     ):
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
+        self.client = client  # "address:port" of the peer
         self.stream: EventStream | None = None
         self.record = record if record is not None else RequestRecord(method, path)
         self._proto = proto
+
+    def committed(self) -> bool:
+        """Whether the answer has begun: from then on a failure can only end the stream."""
+        return self.stream is not None
 
     def open_stream(self, headers: Headers) -> EventStream:
         """Starts a 200 answer whose body is written piece by piece."""
@@ -152,7 +158,9 @@ class RSGIApp:
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         record = self.observer.begin(scope.method, scope.path)
-        request = Request(scope.method, scope.path, scope.headers, b"", proto, record=record)
+        request = Request(
+            scope.method, scope.path, scope.headers, b"", proto, record=record, client=scope.client
+        )
         try:
             answer = await self._answer(request, proto)
         finally:

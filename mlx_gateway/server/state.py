@@ -1,6 +1,6 @@
-"""What every route shares, built once per app: the settings, the backend and its profile, the
-model aliases, the context window, the heartbeat, the message ids, and what is observed of the
-requests (access log, metrics, status page)."""
+"""What every route shares, built once per app: the settings, the backend pool (each backend
+with its own profile, window, health and counters), the model aliases, the heartbeat, the
+message ids, and what is observed of the requests (access log, metrics, status page)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import asyncio
 import secrets
 
 from mlx_gateway.backends.aliases import ModelRouter
-from mlx_gateway.backends.context import PromptContext
-from mlx_gateway.backends.profiles import resolve_profile
-from mlx_gateway.backends.upstream import Upstream
+from mlx_gateway.backends.backend import Backend, Settings
+from mlx_gateway.backends.pool import BackendPool
 from mlx_gateway.config import Config
 from mlx_gateway.server.metrics import Metrics, shared_dir
 from mlx_gateway.server.observe import Observer
-from mlx_gateway.server.status import BackendStates, SingleBackend, StatusBoard
+from mlx_gateway.server.status import BackendStates, StatusBoard
 from mlx_gateway.server.streaming import Heartbeat
 
 
@@ -23,27 +22,23 @@ class GatewayState:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.profile = resolve_profile(config.backend, config.backend_base_url)
         self.router = ModelRouter(config.mlx_model, config.model_map)
         self.message_ids = MessageIds()
         self.heartbeat = Heartbeat(config.ping_interval)
-        self.upstream = Upstream(
-            config.backend_base_url,
-            self.profile,
-            config.timeout,
-            config.total_timeout,
-            model=config.mlx_model,
+        settings = Settings(
+            default_model=config.mlx_model,
+            timeout=config.timeout,
+            total_timeout=config.total_timeout,
+            context_window=config.context_window,
+        )
+        self.pool = BackendPool(
+            [Backend(spec, settings) for spec in config.backend_specs()],
+            queue_size=config.queue_size,
+            queue_timeout=config.queue_timeout,
         )
         self.background: set[asyncio.Task[None]] = set()  # cancelled when serving stops
-        # The model's context window and prompt counts, discovered and cached per backend model.
-        self.context = PromptContext(
-            self.profile, self.upstream, configured_window=config.context_window
-        )
-        single = SingleBackend(
-            config.backend_base_url, self.profile.name, config.mlx_model, self.context
-        )
-        # What /status and /metrics read of the backends; the pool reports the same shape.
-        self.backends: BackendStates = single
+        # What /status and /metrics read of the backends.
+        self.backends: BackendStates = self.pool
         self.observer = Observer()
         self.board = StatusBoard()
         self.metrics = Metrics(
@@ -51,15 +46,15 @@ class GatewayState:
             lambda: self.observer.in_flight,
             shared_dir(config.port) if config.workers > 1 else None,
         )
-        self.observer.listeners += [single.note, self.board.note, self.metrics.note]
+        self.observer.listeners += [self.board.note, self.metrics.note]
 
     async def start(self) -> None:
-        await self.upstream.start()
+        await self.pool.start()
         await self.metrics.start()
 
     async def close(self) -> None:
         await self.metrics.close()
-        await self.upstream.close()
+        await self.pool.close()
 
 
 class MessageIds:

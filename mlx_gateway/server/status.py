@@ -4,9 +4,7 @@ itself and `/metrics`.
 The figures come from two places: the backends' own state (`BackendStates`, plain data in the
 shape the backend pool reports: `{"status", "queued", "backends": [{"url", "kind", "up",
 "in_flight", "models", "windows", "last_error", ...}]}`) and the requests the gateway answered
-(`StatusBoard`, the last few kept in memory, without any prompt text). Until the pool lands,
-`SingleBackend` reports the one backend in that shape, its health read from how requests to it
-went.
+(`StatusBoard`, the last few kept in memory, without any prompt text).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from importlib import resources
 from typing import Any, Protocol
 
 from mlx_gateway import __version__
-from mlx_gateway.backends.context import PromptContext
 from mlx_gateway.server.metrics import CONTENT_TYPE, Metrics
 from mlx_gateway.server.observe import RequestRecord
 from mlx_gateway.server.rsgi import EventStream, Reply, Request, json_reply
@@ -35,46 +32,6 @@ class BackendStates(Protocol):
     """What the status page and /metrics need from the backends."""
 
     def state(self, *, private: bool = False) -> dict[str, Any]: ...
-
-
-class SingleBackend:
-    """The one configured backend, reported as the pool reports its backends. Its health is
-    what the last request to it showed: unknown before the first, down after a request could
-    not reach it, up after one it answered."""
-
-    def __init__(self, url: str, kind: str, model: str, context: PromptContext) -> None:
-        self.url, self.kind, self.model, self.context = url, kind, model, context
-        self.up: bool | None = None
-        self.last_error = ""
-        self.requests = 0
-        self.errors = 0
-
-    def note(self, record: RequestRecord) -> None:
-        if not record.backend:
-            return
-        self.requests += 1
-        if record.unreachable:
-            self.up, self.last_error = False, record.error_message
-            self.errors += 1
-        elif record.status == 200:
-            self.up = True
-
-    def state(self, *, private: bool = False) -> dict[str, Any]:
-        backend: dict[str, Any] = {
-            "kind": self.kind,
-            "up": self.up,
-            "requests": self.requests,
-            "errors": self.errors,
-        }
-        if private:
-            configured = self.context.configured_window
-            backend["url"] = self.url
-            backend["models"] = [self.model]
-            windows = self.context.known_windows()
-            backend["windows"] = {self.model: configured} if configured else windows
-            backend["last_error"] = self.last_error or None
-        status = {None: "unknown", True: "ok", False: "down"}[self.up]
-        return {"status": status, "queued": 0, "backends": [backend]}
 
 
 def _error_entry(record: RequestRecord) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def test_validation_names_the_field(
     message = assert_anthropic_error(response, 400, "invalid_request_error")
     assert message.startswith(f"{field}:"), message
     assert response.headers["x-should-retry"] == "false"
-    assert scripted_backend.requests == []
+    assert scripted_backend.chat_requests == []
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"hello", b"[1, 2]", b"\xff\xfe"])

@@ -328,7 +328,7 @@ def test_client_leaving_a_whole_answer_closes_the_backend_request(
     gateway = start_gateway(scripted_backend.url, "--timeout", "60")
     scripted_backend.queue(Completion(text="too late", delay=30))
     with _raw_post(gateway, {**HELLO, "stream": False}):
-        scripted_backend.wait_for_requests(1)
+        scripted_backend.wait_for_chat_requests(1)
     _assert_backend_request_closed_soon(gateway, scripted_backend)
 
 

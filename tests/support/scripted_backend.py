@@ -266,6 +266,10 @@ class ScriptedBackend:
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:
         self._wait_until(lambda: len(self.requests) >= n, timeout, f"{n} request(s)")
 
+    def wait_for_chat_requests(self, n: int, timeout: float = 5.0) -> None:
+        """Like wait_for_requests, counting chat requests only (not the gateway's probes)."""
+        self._wait_until(lambda: len(self.chat_requests) >= n, timeout, f"{n} chat request(s)")
+
     def wait_for_disconnect(self, timeout: float = 5.0, n: int = 1) -> None:
         self._wait_until(lambda: len(self.disconnects) >= n, timeout, f"{n} disconnect(s)")
 
@@ -357,7 +361,9 @@ class ScriptedBackend:
             self._changed.notify_all()
 
     def _models(self) -> dict[str, Any]:
-        model = {"id": self.model, "object": "model", "created": 0, "owned_by": "scripted"}
+        # mlx_lm.server's own answer (no `owned_by`): the gateway's probe takes the scripted
+        # backend for the server it stands in for.
+        model = {"id": self.model, "object": "model", "created": 0}
         return {"object": "list", "data": [model]}
 
     async def _chat(self, request: web.Request, index: int) -> web.StreamResponse:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mlx_gateway.backends.backend import BackendSpec
 from mlx_gateway.cli import main
 from mlx_gateway.config import SETTINGS, Config, Setting, load_config
 from mlx_gateway.errors import ConfigError
@@ -16,7 +17,9 @@ def test_defaults_are_the_seeds() -> None:
     config = load_config({}, {})
     assert config == Config()
     assert (config.host, config.port, config.log_level) == ("127.0.0.1", 8080, "info")
-    assert config.mlx_url == "http://localhost:8081"
+    assert config.mlx_url == ("http://localhost:8081",)
+    assert config.backend_specs() == (BackendSpec("http://localhost:8081"),)
+    assert (config.max_concurrency, config.queue_size, config.queue_timeout) == (None, 64, 300.0)
     assert config.mlx_model == "mlx-community/Qwen3-8B-4bit"
     assert (config.timeout, config.total_timeout) == (120.0, 300.0)
 
@@ -50,6 +53,8 @@ def test_config_file_from_environment_and_table(tmp_path: Path) -> None:
         ({"mlx_url": "localhost:8081"}, {}, "--mlx-url"),
         ({"model_map": ["nonsense"]}, {}, "--model-map"),
         ({"timeout": "500"}, {}, "--total-timeout"),
+        ({"max_concurrency": "-1"}, {}, "--max-concurrency"),
+        ({"queue_timeout": "0"}, {}, "--queue-timeout"),
     ],
 )
 def test_bad_values_name_the_setting(
@@ -112,6 +117,9 @@ _BAD_VALUES = {
     "serve_backend": "'unterminated",
     "backend_log": " ",
     "backend_start_timeout": "-5",
+    "max_concurrency": "many",
+    "queue_size": "-1",
+    "queue_timeout": "0",
 }
 
 
@@ -178,3 +186,64 @@ def test_given_settings_are_remembered(tmp_path: Path) -> None:
     config = load_config({"port": "9"}, {"MLX_GATEWAY_TIMEOUT": "5"}, str(toml))
     assert config.given == {"port", "timeout", "mlx_model"}
     assert load_config({}, {}).given == frozenset()
+
+
+def test_several_backend_urls_from_flags_and_environment() -> None:
+    flags = {"mlx_url": ["http://a:8081/", "http://b:8000/v1"], "max_concurrency": "2"}
+    specs = load_config(flags, {}).backend_specs()
+    assert [spec.url for spec in specs] == ["http://a:8081", "http://b:8000"]
+    assert {spec.max_concurrency for spec in specs} == {2}
+    environ = {
+        "MLX_GATEWAY_MLX_URL": "http://a:1,http://b:2",
+        "MLX_GATEWAY_MAX_CONCURRENCY": "auto",
+    }
+    specs = load_config({}, environ).backend_specs()
+    assert [(spec.url, spec.max_concurrency) for spec in specs] == [
+        ("http://a:1", None),
+        ("http://b:2", None),
+    ]
+
+
+BACKENDS_TOML = """
+queue-size = 8
+[[backends]]
+url = "http://mac.local:8081"
+kind = "mlx_lm"
+models = ["mlx-community/Qwen3-8B-4bit"]
+[[backends]]
+url = "http://gpu:8000/v1"
+weight = 3
+max_concurrency = 0
+"""
+
+
+def test_backends_table_in_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(BACKENDS_TOML)
+    config = load_config({}, {}, str(toml))
+    assert config.queue_size == 8
+    assert config.backend_specs() == (
+        BackendSpec("http://mac.local:8081", "mlx_lm", ("mlx-community/Qwen3-8B-4bit",)),
+        BackendSpec("http://gpu:8000", "auto", (), 3.0, 0),
+    )
+    # A URL on the command line replaces the file's backends.
+    flagged = load_config({"mlx_url": ["http://other:1"]}, {}, str(toml))
+    assert flagged.backend_specs() == (BackendSpec("http://other:1"),)
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ('[[backends]]\nkind = "vllm"\n', "url is required"),
+        ('[[backends]]\nurl = "http://a:1"\nkind = "nope"\n', "backends.0"),
+        ('[[backends]]\nurl = "http://a:1"\nport = 1\n', "'port'"),
+        ('[[backends]]\nurl = "http://a:1"\nweight = 0\n', "backends.0"),
+        ('backends = "x"\n', "[[backends]]"),
+    ],
+)
+def test_bad_backends_table_names_the_problem(tmp_path: Path, table: str, named: str) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(table)
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, {}, str(toml))
+    assert named in caught.value.message

@@ -25,7 +25,15 @@ from mlx_gateway.backends.context import (
 from mlx_gateway.backends.profiles import PROFILES, BackendProfile
 from mlx_gateway.backends.tokens import TokenCount, estimate_tokens
 from mlx_gateway.backends.upstream import backend_status_error
-from mlx_gateway.errors import BackendUnavailable, GatewayError, NotFound, PromptTooLong
+from mlx_gateway.errors import (
+    BackendFailed,
+    BackendRefused,
+    BackendRejected,
+    BackendUnavailable,
+    GatewayError,
+    NotFound,
+    PromptTooLong,
+)
 from tests.support.tiny_model import build_tiny_model
 
 BODY: dict[str, Any] = {
@@ -321,8 +329,19 @@ def test_without_a_window_nothing_is_counted_and_discovery_is_retried_later() ->
     assert run(lambda: context.fit("m", BODY, 5000)) == (3990, TokenCount(10, True))
 
 
-def test_a_failing_tokenize_endpoint_falls_back_to_the_estimate_for_a_while() -> None:
-    backend = FakeBackend({"/v1/models": {"data": [{"id": "m", "max_model_len": 4000}]}})
+@pytest.mark.parametrize(
+    "failure",
+    [
+        BackendRejected("backend rejected the request (HTTP 404): no route", 404),
+        BackendUnavailable("cannot connect to 127.0.0.1:1 (refused)", unreachable=True),
+    ],
+    ids=["no endpoint", "unreachable"],
+)
+def test_a_failing_tokenize_endpoint_falls_back_to_the_estimate_for_a_while(
+    failure: GatewayError,
+) -> None:
+    models = {"data": [{"id": "m", "max_model_len": 4000}]}
+    backend = FakeBackend({"/v1/models": models, "/tokenize": failure})
     context, clock = make_context(PROFILES["vllm"], backend, retry_after=30)
     estimate = TokenCount(estimate_tokens(BODY), exact=False)
     assert run(lambda: context.count("m", BODY)) == estimate
@@ -331,6 +350,27 @@ def test_a_failing_tokenize_endpoint_falls_back_to_the_estimate_for_a_while() ->
     backend.answers["/tokenize"] = {"count": 3}
     clock.now = 31
     assert run(lambda: context.count("m", BODY)) == TokenCount(3, True)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        BackendRefused("the model does not accept images (backend said: ...)"),
+        BackendRejected("backend rejected the request (HTTP 400): bad image", 400),
+        BackendFailed(500, "image input is not supported"),
+    ],
+    ids=["refused", "4xx", "5xx"],
+)
+def test_a_count_refused_for_one_prompt_does_not_stop_counting_the_next(
+    refusal: GatewayError,
+) -> None:
+    backend = FakeBackend({"/tokenize": refusal})
+    context, _ = make_context(PROFILES["vllm"], backend, retry_after=30)
+    other = {**BODY, "messages": [{"role": "user", "content": "another prompt"}]}
+    assert not run(lambda: context.count("m", BODY)).exact
+    backend.answers["/tokenize"] = {"count": 3}
+    assert run(lambda: context.count("m", other)) == TokenCount(3, True)
+    assert [path for path, _ in backend.calls] == ["/tokenize", "/tokenize"]
 
 
 def test_concurrent_first_requests_share_one_discovery() -> None:
