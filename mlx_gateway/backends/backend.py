@@ -140,9 +140,13 @@ class Backend:
         }
         if private:
             identity = self.identity
+            models = list(self.spec.models or (self.settings.default_model,))
+            configured = self.settings.context_window
             state["url"] = self.url
-            state["models"] = list(self.spec.models or (identity.models if identity else ()))
-            state["windows"] = self.context.known_windows()
+            state["models"] = models
+            state["server_models"] = list(identity.models) if identity else []
+            windows = self.context.known_windows()
+            state["windows"] = dict.fromkeys(models, configured) if configured else windows
             state["weight"] = self.spec.weight
-            state["last_error"] = self.last_error
+            state["last_error"] = self.last_error or None
         return state
