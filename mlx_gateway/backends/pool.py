@@ -4,7 +4,8 @@ once, who waits, and which are down.
 Routing: the backends that serve the resolved model, ordered for the conversation by rendezvous
 hashing (affinity.py), so that its turns reach the server holding its prompt cache; among them
 the first that is up and has room. Only when there is a choice is the conversation's key
-computed (the routes pass a function), so one backend costs no hashing.
+computed (the routes pass a function), so one backend costs no hashing; the orders of the last
+few thousand conversations are kept, so a conversation's later turns cost a dict lookup.
 
 Admission: each backend takes `limit` requests at once (0: any number); when every backend
 that could serve is full, the request waits in one bounded queue, first come first served,
@@ -54,6 +55,7 @@ DOWN_MAX = 15.0
 UP_INTERVAL = 30.0
 # Told to clients shed by a full queue: long enough for a slot to free, short enough to retry.
 SHED_RETRY_AFTER = 5.0
+ORDERS_KEPT = 4096
 
 
 @dataclass(slots=True)
@@ -87,6 +89,9 @@ class BackendPool:
         self._waiters: list[_Waiter] = []
         # Per model: its backends, their name hashes and weights (see affinity.py).
         self._serving: dict[str, tuple[list[Backend], list[int], list[float] | None]] = {}
+        # The order of recent conversations: a memo of a pure function, bounded, so it is the
+        # same in every process and costs a dict lookup for a conversation's next turns.
+        self._orders: dict[tuple[str, str], list[Backend]] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
 
@@ -115,7 +120,13 @@ class BackendPool:
         backends, seeds, weights = serving
         if len(backends) == 1:
             return backends
-        ordered = [backends[index] for index in order_by_seeds(affinity(), seeds, weights)]
+        key = (model, affinity())
+        ordered = self._orders.get(key)
+        if ordered is None:
+            if len(self._orders) >= ORDERS_KEPT:
+                self._orders.clear()  # a bound, not a policy: the orders are cheap to redo
+            ordered = [backends[index] for index in order_by_seeds(key[1], seeds, weights)]
+            self._orders[key] = ordered
         if not self._down:
             return ordered
         return [b for b in ordered if b.up] + [b for b in ordered if not b.up]

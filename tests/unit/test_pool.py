@@ -11,7 +11,7 @@ from typing import TypeVar
 import pytest
 
 from mlx_gateway.backends.backend import Backend, BackendSpec, Settings
-from mlx_gateway.backends.pool import SHED_RETRY_AFTER, BackendPool
+from mlx_gateway.backends.pool import ORDERS_KEPT, SHED_RETRY_AFTER, BackendPool
 from mlx_gateway.backends.probe import Identity
 from mlx_gateway.errors import (
     BackendFailed,
@@ -334,3 +334,12 @@ def test_state_shows_urls_and_models_only_when_private() -> None:
     assert "models" not in public
     private = pool.state(private=True)["backends"][0]
     assert (private["url"], private["models"], private["up"]) == ("http://a:8000", ["big"], True)
+
+
+def test_the_memo_of_orders_stays_bounded_and_agrees_with_the_hash() -> None:
+    pool = make_pool(spec("a", None), spec("b", None), spec("c", None))
+    first = [b.url for b in pool.candidates("m", key("conversation"))]
+    for n in range(ORDERS_KEPT + 10):
+        pool.candidates("m", key(f"k{n}"))
+    assert len(pool._orders) <= ORDERS_KEPT
+    assert [b.url for b in pool.candidates("m", key("conversation"))] == first
