@@ -131,9 +131,10 @@ def _parse_positive_int(value: str) -> int:
 def _parse_concurrency(value: str) -> int | None:
     if value.strip().lower() == "auto":
         return None
-    number = int(value)
+    form = "expected auto, 0 (no limit) or a whole number >= 1, such as 4"
+    number: int = _number(int, form)(value)
     if number < 0:
-        raise ValueError("expected auto, 0 (no limit) or a whole number >= 1")
+        raise ValueError(form)
     return number
 
 

@@ -35,15 +35,17 @@ _MLX_PORT_NOTE = " (mlx_lm.server listens on 8080 unless told, the gateway's por
 
 
 def self_proxy_error(config: Config) -> str | None:
-    """The reason to refuse `--mlx-url` when it names the gateway's own address, else None."""
-    parts = urlsplit(config.backend_base_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    if port != config.port or not _is_own_address(parts.hostname or "", config.host):
-        return None
-    return (
-        f"--mlx-url {config.mlx_url} is this gateway's own address ({config.host}:{config.port}); "
-        f"it must name the model server, e.g. http://localhost:8081"
-    )
+    """The reason to refuse a backend URL that names the gateway's own address, else None."""
+    for spec in config.backend_specs():
+        parts = urlsplit(spec.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if port == config.port and _is_own_address(parts.hostname or "", config.host):
+            return (
+                f"--mlx-url {spec.url} is this gateway's own address "
+                f"({config.host}:{config.port}); it must name the model server, "
+                f"e.g. http://localhost:8081"
+            )
+    return None
 
 
 def _is_own_address(host: str, bound: str) -> bool:

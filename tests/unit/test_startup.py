@@ -27,7 +27,7 @@ from mlx_gateway.startup import self_proxy_error, served_models, window_warning
     ],
 )
 def test_self_proxy(host: str, port: int, url: str, refused: bool) -> None:
-    error = self_proxy_error(Config(host=host, port=port, mlx_url=url))
+    error = self_proxy_error(Config(host=host, port=port, mlx_url=(url,)))
     assert (error is not None) == refused
     if error:
         assert "--mlx-url" in error
@@ -53,7 +53,7 @@ def test_window_warning_names_the_flag() -> None:
     [
         ("mlx_lm", "http://localhost:8081", "mlx_lm.server --model M --port 8081"),
         ("vllm", "http://h:8000", "vllm serve M --port 8000"),
-        ("llama_cpp", "http://h:9000", "llama-server -m <model.gguf> --port 9000"),
+        ("llama_cpp", "http://h:9000", "llama-server -m <model.gguf> --jinja --port 9000"),
         ("ollama", "http://h:11434", "ollama serve"),
     ],
 )
