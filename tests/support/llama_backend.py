@@ -34,6 +34,10 @@ COMMON_WINDOW = 4096
 MODEL_ALIAS = "tiny-llama"
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+# One thread for generation and for prompts: the tiny model needs no more, and ggml's worker
+# threads wait for each other by spinning, which on a busy two-core machine (a test suite running
+# beside the server) made a 25-token answer take seconds instead of 60 ms.
+ONE_THREAD = ("--threads", "1", "--threads-batch", "1")
 FIXTURES = frozenset({"llama_backend", "start_llama_server"})
 _BUILD_FAILURE = pytest.StashKey[LlamaServerBuildError]()
 
@@ -57,6 +61,14 @@ class LlamaBackend:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
             return json.load(response)
 
+    def metrics(self) -> dict[str, float]:
+        """`/metrics` (Prometheus text), `llamacpp:` prefix dropped: counters such as
+        `tokens_predicted_total`, which also counts the tokens of a cancelled request."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        samples = (line.split() for line in text.splitlines() if not line.startswith("#"))
+        return {name.removeprefix("llamacpp:"): float(value) for name, value in samples}
+
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST JSON to the server directly, bypassing the gateway."""
         request = urllib.request.Request(
@@ -77,7 +89,8 @@ StartLlamaServer = Callable[..., LlamaBackend]
 def running_llama_server(
     *extra_args: str, window: int = COMMON_WINDOW, port: int | None = None
 ) -> Iterator[LlamaBackend]:
-    """Start `llama-server --jinja` on a free port, wait until it is healthy, stop it on exit."""
+    """Start `llama-server --jinja --metrics` on a free port (or `port`), wait until it is
+    healthy, stop it on exit."""
     executable = ensure_llama_server()
     gguf_path = build_tiny_gguf(context_length=window)
     with tempfile.TemporaryDirectory(prefix="llama-server-") as scratch:
@@ -148,7 +161,8 @@ def _start(
 ) -> LlamaBackend:
     port = port or free_port()
     command = [str(executable), "--jinja", "-m", str(gguf_path), "--alias", MODEL_ALIAS]
-    command += ["--host", "127.0.0.1", "--port", str(port), "-c", str(window), *extra_args]
+    command += ["--host", "127.0.0.1", "--port", str(port), "-c", str(window), "--metrics"]
+    command += [*ONE_THREAD, *extra_args]
     log_path = scratch / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
