@@ -21,6 +21,7 @@ pinned llama-server (llama-cpp-python 0.3.36's llama.cpp) that the tests rely on
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -270,6 +271,38 @@ def test_tool_result_round_trip_ends_in_text(
     assert "<tool_call>" not in text_of(follow_up)
 
 
+def test_without_the_servers_parser_the_gateway_parses_the_call(
+    start_llama_server: StartLlamaServer, start_gateway: StartGateway
+) -> None:
+    """`--skip-chat-parsing` leaves the call in the text even with `tools` in the request."""
+    backend = start_llama_server("--skip-chat-parsing")
+    gateway = start_gateway(backend.url, *gateway_flags(backend))
+    answer = direct(backend, {"messages": user(WEATHER), "tools": [OPENAI_WEATHER_TOOL]})
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    assert answer["choices"][0]["message"]["content"].startswith("<tool_call>")
+    for stream in (False, True):
+        message = create(client, weather_request(), stream)
+        assert message.stop_reason == "tool_use"
+        [tool_use] = message.content
+        assert (tool_use.name, tool_use.input) == ("get_weather", {"city": "Paris"})
+
+
+def test_the_servers_parser_forces_a_call_into_the_offered_tools(
+    llama_backend: LlamaBackend,
+) -> None:
+    """With its own parser, llama-server constrains a call to the offered tools by grammar: the
+    tiny model's `get_weather` where only `Bash` is offered becomes `Bash` calls that go on to
+    `max_tokens` (why the Claude Code session runs `--skip-chat-parsing`)."""
+    bash = {"type": "function", "function": {"name": "Bash", "parameters": {
+        "type": "object", "properties": {"command": {"type": "string"}}}}}  # fmt: skip
+    answer = direct(llama_backend, {"messages": user(WEATHER), "tools": [bash], "max_tokens": 60})
+    calls = answer["choices"][0]["message"]["tool_calls"]
+    assert calls
+    assert {call["function"]["name"] for call in calls} == {"Bash"}
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 60
+
+
 # ---- token counts and the window ---------------------------------------------------------------
 
 COUNTED: dict[str, tuple[JSON, JSON]] = {
@@ -383,6 +416,49 @@ def test_a_larger_window_is_read_and_used(
     assert backend.get("/props")["default_generation_settings"]["n_ctx"] == LARGE_WINDOW
     assert last_slot(backend)["params"]["n_predict"] == LARGE_WINDOW - tokens
     assert response.json()["stop_reason"] == "end_turn"
+
+
+# ---- the server's prompt cache across turns ------------------------------------------------------
+
+THINK_BLOCK = 4  # `<think>`, `\n\n`, `</think>`, `\n\n`
+
+
+def conversation_usage(client: anthropic.Anthropic, extra: JSON, turns: int) -> list[Any]:
+    """Usage of each turn of one growing conversation, each answer sent back as it came."""
+    messages = user("Tell me a story about a lighthouse keeper.")
+    usages = []
+    for turn in range(turns):
+        message = client.messages.create(
+            model="m", max_tokens=2000, messages=messages, **GREEDY, **extra
+        )
+        usages.append(message.usage)
+        answer = [block.model_dump() for block in message.content if block.type == "text"]
+        messages = [*messages, {"role": "assistant", "content": answer},
+                    *user(f"And then, part {turn + 2}?")]  # fmt: skip
+    return usages
+
+
+def test_with_thinking_on_each_turn_reads_the_whole_last_turn_from_the_cache(
+    claude: anthropic.Anthropic,
+) -> None:
+    """With `enable_thinking` the template adds nothing to the generation prompt that the
+    history drops, so turn N+1 starts with turn N's prompt and answer: the server reads all of
+    it from its cache but the end token, which was sampled and never evaluated."""
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 1024}}
+    usages = conversation_usage(claude, thinking, 4)
+    for last, usage in itertools.pairwise(usages):
+        assert usage.cache_read_input_tokens == prompt_total(last) + last.output_tokens - 1
+        assert usage.input_tokens < last.output_tokens + 30
+
+
+def test_by_default_each_turn_reads_the_answer_again(claude: anthropic.Anthropic) -> None:
+    """Thinking off, the template ends the generation prompt with an empty think block that it
+    leaves out when it renders the answer in the history, so the cache holds turn N's prompt
+    less that block, and the answer is processed again on turn N+1."""
+    usages = conversation_usage(claude, {}, 4)
+    for last, usage in itertools.pairwise(usages):
+        assert usage.cache_read_input_tokens == prompt_total(last) - THINK_BLOCK
+        assert usage.input_tokens > last.output_tokens
 
 
 # ---- disconnects and restarts ------------------------------------------------------------------
