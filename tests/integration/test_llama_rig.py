@@ -8,9 +8,13 @@ pinned llama-server (llama-cpp-python 0.3.36's llama.cpp) that the tests rely on
 * `--jinja` renders the GGUF's chat template; without chat_template_kwargs it renders Qwen3's
   empty think block (`enable_thinking` is false by default), in chat requests and in
   `/apply-template` alike, so the two agree.
-* With `tools` in the request, llama-server recognises the template's `<tool_call>` format and
-  answers OpenAI `tool_calls` itself (`content: ""`). A call the model writes without `tools` in
-  the request (the user text names `<tools>`, which the model keys on) comes back as text.
+* With `tools` in the request, llama-server recognises the template's `<tool_call>` format,
+  constrains calls to the offered tools by grammar and answers OpenAI `tool_calls` itself
+  (`content: ""`). A call the model writes without `tools` in the request (the user text names
+  `<tools>`, which the model keys on), or on a server run with `--skip-chat-parsing`, comes back
+  as text.
+* Turn N+1 of a conversation reads turn N's prompt from the server's cache (`cached_tokens`);
+  how much of the answer too depends on the template (see the prompt cache tests).
 * `/props` reports the window per slot as `default_generation_settings.n_ctx` (the `-c` given,
   4 slots sharing one KV cache); `/slots` shows each slot's last task id and its parameters.
 * A prompt over the window is a 400 `exceed_context_size_error` with `n_prompt_tokens` and
@@ -24,19 +28,24 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import anthropic
 import httpx
 import openai
 import pytest
+from tokenizers import Tokenizer
 
 from tests.conftest import StartGateway
 from tests.support.anthropic_stream import accumulate, assert_well_formed, parse_sse
 from tests.support.gateway import GatewayProcess
 from tests.support.llama_backend import LlamaBackend, StartLlamaServer, stop
+from tests.support.mlx_backend import MlxBackend
 from tests.support.ports import free_port
+from tests.support.tiny_model import build_tiny_model
 
 JSON = dict[str, Any]
 WINDOW = 4096
@@ -129,6 +138,47 @@ def last_slot(backend: LlamaBackend) -> JSON:
 def user(text: str) -> list[Any]:
     """One user message, typed loosely so that both SDKs take it."""
     return [{"role": "user", "content": text}]
+
+
+# ---- the rig: the GGUF is the same model --------------------------------------------------------
+
+TEXTS = [
+    "Hello, world!  Two  spaces\tand a tab\n\nnew lines",
+    'def f(x):\n    return {"city": "Paris"}  # 42',
+    "<|im_start|>user\n<tools>\n</tools><tool_call>{\"name\": \"get_weather\"}</tool_call>",
+    "Ünïcödé: ça va? 東京 🙂",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_server_tokenizes_like_the_models_tokenizer(
+    text: str, llama_backend: LlamaBackend
+) -> None:
+    tokenizer = Tokenizer.from_file(str(build_tiny_model() / "tokenizer.json"))
+    answer = llama_backend.post("/tokenize", {"content": text, "parse_special": True})
+    assert answer["tokens"] == tokenizer.encode(text).ids
+
+
+@pytest.mark.parametrize("prompt", [QUESTION, "Hello", WEATHER])
+def test_the_server_answers_as_mlx_lm_server_does(
+    prompt: str, llama_backend: LlamaBackend, mlx_backend: MlxBackend
+) -> None:
+    """Same tokens from both servers; mlx_lm.server's detokenizer drops the space that the
+    first token of a text answer carries, llama-server keeps it."""
+    body = {"messages": user(prompt), "temperature": 0, "max_tokens": 40,
+            "chat_template_kwargs": {"enable_thinking": False}}  # fmt: skip
+    ours = direct(llama_backend, body)
+    request = urllib.request.Request(
+        f"{mlx_backend.url}/v1/chat/completions",
+        json.dumps({**body, "model": mlx_backend.model}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        theirs = json.load(response)
+    assert ours["usage"] == {**theirs["usage"], "prompt_tokens_details": ANY}
+    assert ours["choices"][0]["finish_reason"] == theirs["choices"][0]["finish_reason"]
+    text = ours["choices"][0]["message"]["content"] or ""
+    assert text.removeprefix(" ") == (theirs["choices"][0]["message"]["content"] or "")
 
 
 # ---- text and streams -------------------------------------------------------------------------
