@@ -15,7 +15,8 @@ of its log: a missing compiler is a failure, never a skip.
 The build is a plain CPU build (static, Release, `-march=native`, since the cache never leaves
 the machine) without anything that would reach the network: no web UI download
 (`LLAMA_USE_PREBUILT_UI`), no npm build of it (`LLAMA_BUILD_UI`), no OpenSSL (HTTPS model
-downloads), no tests, examples or the unified `llama` binary. About 12 minutes on two cores.
+downloads), no tests, examples or the unified `llama` binary. About 10 minutes on two idle
+cores with Ninja.
 """
 
 from __future__ import annotations
@@ -155,7 +156,11 @@ def _is_llama_cpp_source(name: str) -> bool:
 
 
 def _build(source: Path, build: Path, log: Path, deadline: float) -> Path:
-    _run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_OPTIONS], log, deadline)
+    # Ninja where there is one: measured on two cores, it built in 10 minutes what make had not
+    # finished in 40 on the same (busier) machine.
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure = ["cmake", "-S", str(source), "-B", str(build), *generator, *CMAKE_OPTIONS]
+    _run(configure, log, deadline)
     target = ["--target", "llama-server", "--parallel", str(JOBS)]
     _run(["cmake", "--build", str(build), *target], log, deadline)
     return build / "bin" / "llama-server"
