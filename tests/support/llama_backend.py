@@ -66,7 +66,8 @@ class LlamaBackend:
         `tokens_predicted_total`, which also counts the tokens of a cancelled request."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=30) as response:
             text = response.read().decode()
-        samples = (line.split() for line in text.splitlines() if not line.startswith("#"))
+        lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+        samples = (line.split() for line in lines)
         return {name.removeprefix("llamacpp:"): float(value) for name, value in samples}
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
