@@ -1,4 +1,5 @@
-"""Fixtures shared by every suite: the scripted backend, the real mlx_lm.server, the gateway."""
+"""Fixtures shared by every suite: the scripted backend, the real mlx_lm.server and llama-server,
+the gateway."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pytest
 
 from tests.support.gateway import GatewayProcess, running_gateway
 
-pytest_plugins = ["tests.support.scripted_backend", "tests.support.mlx_backend"]
+pytest_plugins = [
+    "tests.support.scripted_backend",
+    "tests.support.mlx_backend",
+    "tests.support.llama_backend",
+]
 
 StartGateway = Callable[..., GatewayProcess]
 
