@@ -56,7 +56,10 @@ class RecordingProxy:
         self.target = target.rstrip("/")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.exchanges: list[Exchange] = []
+        # Numbered as requests arrive: a stream the client abandons is recorded as it got it,
+        # in its place, even when the client's next request finishes first.
+        self._recorded: dict[int, Exchange] = {}
+        self._arrived = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -75,6 +78,10 @@ class RecordingProxy:
             self._thread.join(timeout=10)
             self._loop.close()
 
+    @property
+    def exchanges(self) -> list[Exchange]:
+        return [self._recorded[slot] for slot in sorted(self._recorded)]
+
     async def _start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
@@ -92,6 +99,7 @@ class RecordingProxy:
 
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
+        slot, self._arrived = self._arrived, self._arrived + 1
         body = await request.read()
         async with self._session.request(
             request.method,
@@ -101,23 +109,22 @@ class RecordingProxy:
         ) as upstream:
             headers = _forwardable(upstream.headers)
             response = web.StreamResponse(status=upstream.status, headers=headers)
-            await response.prepare(request)
-            parts = [data async for data in _relayed(upstream, response)]
-            await response.write_eof()
-        self.exchanges.append(
-            Exchange(
-                request.method,
-                request.path,
-                body,
-                upstream.status,
-                upstream.headers.get("Content-Type", ""),
-                b"".join(parts),
-            )
-        )
+            parts: list[bytes] = []
+            try:
+                await response.prepare(request)
+                async for data in upstream.content.iter_any():
+                    parts.append(data)
+                    await response.write(data)
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the client left first (it had what it needed): keep what was sent
+            finally:
+                self._recorded[slot] = Exchange(
+                    request.method,
+                    request.path,
+                    body,
+                    upstream.status,
+                    upstream.headers.get("Content-Type", ""),
+                    b"".join(parts),
+                )
         return response
-
-
-async def _relayed(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> Any:
-    async for data in upstream.content.iter_any():
-        await response.write(data)
-        yield data
