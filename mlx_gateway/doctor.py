@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from mlx_gateway.backends.context import PromptContext
-from mlx_gateway.backends.profiles import BackendProfile, resolve_profile
+from mlx_gateway.backends.probe import probe
+from mlx_gateway.backends.profiles import PROFILES, BackendProfile, resolve_profile
 from mlx_gateway.backends.upstream import Upstream
 from mlx_gateway.cli import build_parser
 from mlx_gateway.config import Config, load_config
@@ -201,14 +202,32 @@ class Doctor:
         self.config = config
         self.url = config.backend_base_url
         self.model = config.mlx_model
-        self.profile = resolve_profile(config.backend, self.url)
-        self.upstream = Upstream(self.url, self.profile, config.timeout, config.total_timeout)
-        self.context = PromptContext(
-            self.profile, self.upstream, configured_window=config.context_window
-        )
+        self.how = "--backend"
+        self._use(resolve_profile(config.backend, self.url))
         self.checks: list[Check] = []
 
+    def _use(self, profile: BackendProfile) -> None:
+        config = self.config
+        self.profile = profile
+        self.upstream = Upstream(self.url, profile, config.timeout, config.total_timeout)
+        self.context = PromptContext(
+            profile, self.upstream, configured_window=config.context_window
+        )
+
+    async def _identify(self) -> None:
+        """The kind the server says it is, as the gateway learns it; the port guess only when
+        nothing tells."""
+        if self.config.backend != "auto":
+            return
+        identity = await probe(self.url)
+        if identity.kind is None:
+            self.how = "guessed from the port: no probe answered"
+            return
+        self.how = "asked the server"
+        self._use(PROFILES[identity.kind])
+
     async def run(self) -> list[Check]:
+        await self._identify()
         await self.upstream.start()
         try:
             steps: list[Callable[[], Awaitable[bool]]] = [
@@ -244,8 +263,7 @@ class Doctor:
             return self.add(fail("reachable", detail, "point --mlx-url at the model server"))
         took = (time.perf_counter() - started) * 1000
         self.add(ok("reachable", f"{self.url} answered GET /v1/models in {took:.0f} ms"))
-        how = "--backend" if self.config.backend != "auto" else "guessed from the port"
-        self.add(ok("kind", f"{self.profile.name} ({how}; --backend sets it)"))
+        self.add(ok("kind", f"{self.profile.name} ({self.how}; --backend sets it)"))
         return self.add(self._models_check(model_ids(answer)))
 
     def _models_check(self, ids: list[str]) -> Check:

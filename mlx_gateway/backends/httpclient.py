@@ -291,7 +291,10 @@ class HttpClient:
             status = await connection.read_head()
         except TransportError:
             connection.close()
-            if not (reused and method == "GET"):
+            # A kept-alive connection the server closed meanwhile (llama-server closes them after
+            # 5 idle seconds) fails before any answer: the server never saw the request, so it
+            # goes once more on a new connection, whatever its method.
+            if not reused:
                 raise
             connection = await self._connect(deadline)
             return await self._send_again(connection, head, body, deadline)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+from tests.support.llama_backend import LlamaBackend
 from tests.support.mlx_backend import MlxBackend
 from tests.support.scripted_backend import (
     Completion,
@@ -145,7 +146,7 @@ def test_the_real_mlx_server_on_the_tiny_model(mlx_backend: MlxBackend) -> None:
 
     assert code == 0, report
     checks = {check["name"]: check for check in report["checks"]}
-    assert checks["kind"]["detail"].startswith("mlx_lm")
+    assert checks["kind"]["detail"].startswith("mlx_lm (asked the server")
     assert checks["context window"]["status"] == "warn"  # the tiny model's 4096
     assert checks["context window"]["detail"].startswith("4096 tokens")
     assert checks["chat"]["status"] == "ok"
@@ -157,3 +158,16 @@ def test_the_real_mlx_server_on_the_tiny_model(mlx_backend: MlxBackend) -> None:
     assert checks["token counting"]["detail"] == "exact (the model's files)"
     assert checks["prompt cache"]["status"] == "ok"
     assert checks["images"]["status"] == "warn"
+
+
+def test_the_real_llama_server_on_a_random_port_is_known_by_asking(
+    llama_backend: LlamaBackend,
+) -> None:
+    code, report = doctor(llama_backend.url, "--mlx-model", llama_backend.model)
+
+    checks = {check["name"]: check for check in report["checks"]}
+    assert checks["kind"]["detail"].startswith("llama_cpp (asked the server"), report
+    assert checks["context window"]["detail"].startswith("4096 tokens"), report
+    assert checks["token counting"]["status"] == "ok", report
+    assert "server's tokenizer" in checks["token counting"]["detail"], report
+    assert code in (0, 1), report
