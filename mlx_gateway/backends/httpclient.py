@@ -20,6 +20,7 @@ retried once on a new connection, as aiohttp does for idempotent requests.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections.abc import Callable
 from typing import cast
@@ -65,6 +66,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.idle_since = 0.0
+        # The server's own idle limit (`Keep-Alive: timeout=N`), when it states one.
+        self.server_idle_limit: float | None = None
         self._begin(0.0)
 
     def _begin(self, deadline: float) -> None:
@@ -154,6 +157,19 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def looks_alive(self) -> bool:
+        """Whether an idle connection has nothing to read. Anything readable on it is the
+        server's close that the loop has not handled yet: llama-server closes the connection
+        after every streamed answer although it says keep-alive, and a POST sent on it then
+        fails and cannot be sent again. One poll(2) with no wait, as curl checks a connection
+        before reusing it."""
+        socket = self._transport.get_extra_info("socket") if self._transport else None
+        if socket is None:
+            return True
+        poller = select.poll()
+        poller.register(socket.fileno(), select.POLLIN)
+        return not poller.poll(0)
+
     # ---- asyncio ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -192,6 +208,8 @@ class _Connection(asyncio.Protocol):
             self._framed = True
         elif lowered == b"retry-after":  # the one header a gateway passes on (a 429's)
             self.retry_after = value
+        elif lowered == b"keep-alive":
+            self.server_idle_limit = keepalive_timeout(value)
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -291,10 +309,7 @@ class HttpClient:
             status = await connection.read_head()
         except TransportError:
             connection.close()
-            # A kept-alive connection the server closed meanwhile (llama-server closes them after
-            # 5 idle seconds) fails before any answer: the server never saw the request, so it
-            # goes once more on a new connection, whatever its method.
-            if not reused:
+            if not (reused and method == "GET"):
                 raise
             connection = await self._connect(deadline)
             return await self._send_again(connection, head, body, deadline)
@@ -330,10 +345,18 @@ class HttpClient:
         now = self._loop.time()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < self.keepalive:
+            idle = now - connection.idle_since
+            alive = not connection.closed and connection.looks_alive()
+            if alive and idle < self._idle_limit(connection):
                 return connection
             connection.close()
         return None
+
+    def _idle_limit(self, connection: _Connection) -> float:
+        """Ours, or a second under the server's: a POST on a connection the server is closing
+        fails and cannot be sent again (llama-server closes connections idle for 5 s)."""
+        server = connection.server_idle_limit
+        return self.keepalive if server is None else min(self.keepalive, server - 1.0)
 
     async def _connect(self, deadline: float) -> _Connection:
         loop, server_hostname = self._loop, (self.host if self._ssl else None)
@@ -363,3 +386,15 @@ class HttpClient:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def keepalive_timeout(value: bytes) -> float | None:
+    """`timeout=5, max=100` -> 5.0; None when the header states no timeout."""
+    for part in value.split(b","):
+        name, _, number = part.strip().partition(b"=")
+        if name.strip().lower() == b"timeout":
+            try:
+                return float(number)
+            except ValueError:
+                return None
+    return None
