@@ -51,20 +51,30 @@ def anthropic_stop_reason(
 def usage_to_anthropic(
     usage: Usage | None, estimated_input: int = 0, estimated_output: int = 0
 ) -> Json:
-    """Anthropic counts cached prompt tokens apart from `input_tokens`; the sum is the prompt."""
+    """Anthropic counts cached prompt tokens apart from `input_tokens`; the sum is the prompt.
+    Every usage carries the cache fields, as the real API's do; a local server's prompt cache
+    is written as a side effect of reading, so nothing is ever reported as cache creation."""
     if usage is None:
-        return {"input_tokens": estimated_input, "output_tokens": estimated_output}
-    cached = (usage.prompt_tokens_details.cached_tokens or 0) if usage.prompt_tokens_details else 0
-    result: Json = {
-        "input_tokens": max(usage.prompt_tokens - cached, 0),
-        "output_tokens": usage.completion_tokens,
+        return _usage(estimated_input, 0, estimated_output)
+    details = usage.prompt_tokens_details
+    cached = (details.cached_tokens or 0) if details is not None else 0
+    return _usage(max(usage.prompt_tokens - cached, 0), cached, usage.completion_tokens)
+
+
+def _usage(uncached: int, cached: int, output: int) -> Json:
+    return {
+        "input_tokens": uncached,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": output,
     }
-    if (
-        usage.prompt_tokens_details is not None
-        and usage.prompt_tokens_details.cached_tokens is not None
-    ):
-        result["cache_read_input_tokens"] = cached
-    return result
+
+
+def start_usage(estimated_input: int) -> Json:
+    """The usage of `message_start`, sent before the backend has read the prompt: the estimate,
+    and no cache figures yet. Clients that merge usage (Claude Code, the SDKs) take the figures
+    of `message_delta`, which carry the backend's own counts, in their place."""
+    return _usage(estimated_input, 0, 0)
 
 
 def thinking_signature(message_id: str) -> str:

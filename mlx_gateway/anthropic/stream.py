@@ -17,6 +17,7 @@ import msgspec
 
 from mlx_gateway.anthropic.outcome import (
     anthropic_stop_reason,
+    start_usage,
     thinking_signature,
     usage_to_anthropic,
 )
@@ -65,7 +66,7 @@ class StreamTranslator(BlockStream):
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": self._estimated_input, "output_tokens": 0},
+            "usage": start_usage(self._estimated_input),
         }
         return [{"type": "message_start", "message": message}, PING]
 

@@ -31,6 +31,7 @@ from tests.support.anthropic_stream import (
     assert_well_formed,
     parse_sse,
 )
+from tests.unit.usage import usage_of
 
 Json = dict[str, Any]
 Event = dict[str, Any]
@@ -40,7 +41,7 @@ MSG_ID = "msg_0123456789abcdef"
 SIGNATURE = f"mlxgw-{MSG_ID}"
 ESTIMATED_INPUT = 17
 USAGE: Json = {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}
-USAGE_OUT: Json = {"input_tokens": 40, "output_tokens": 9}
+USAGE_OUT: Json = usage_of(40, 9)
 UUID = "9f1c2e4a-7b3d-4c5e-8f6a-1b2c3d4e5f60"
 
 # ---- builders --------------------------------------------------------------------------------
@@ -442,7 +443,8 @@ def test_start_announces_the_message_and_the_estimate() -> None:
         "message": {
             "id": MSG_ID, "type": "message", "role": "assistant", "model": MODEL,
             "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": ESTIMATED_INPUT, "output_tokens": 0},
+            "usage": {"input_tokens": ESTIMATED_INPUT, "cache_creation_input_tokens": 0,
+                      "cache_read_input_tokens": 0, "output_tokens": 0},
         },
     }
     assert all(e["type"] == "ping" for e in events[1:])
@@ -510,9 +512,9 @@ USAGE_SHAPES: list[tuple[str, list[ChatCompletionChunk], Json]] = [
     ("usage with cached tokens",
      [chunk("Hi", finish_reason="stop"),
       usage_chunk({**USAGE, "prompt_tokens_details": {"cached_tokens": 30}})],
-     {"input_tokens": 10, "output_tokens": 9, "cache_read_input_tokens": 30}),
+     usage_of(10, 9, cached=30)),
     ("usage missing: estimated", [chunk("Hi"), chunk(" there"), chunk(finish_reason="stop")],
-     {"input_tokens": ESTIMATED_INPUT, "output_tokens": 2}),
+     usage_of(ESTIMATED_INPUT, 2)),
 ]
 
 

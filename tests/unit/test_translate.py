@@ -17,6 +17,7 @@ from mlx_gateway.anthropic.types import MessagesRequest, decode_messages_request
 from mlx_gateway.backends.profiles import PROFILES, BackendProfile
 from mlx_gateway.parse.chat import decode_completion
 from mlx_gateway.parse.toolargs import RAW_ARGUMENTS_KEY, parse_tool_arguments
+from tests.unit.usage import usage_of
 
 Json = dict[str, Any]
 
@@ -761,7 +762,7 @@ def test_text_answer_envelope() -> None:
         "content": [{"type": "text", "text": "Hi!"}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 3},
+        "usage": usage_of(12, 3),
     }
 
 
@@ -815,28 +816,28 @@ def test_tool_calls_give_tool_use_whatever_the_finish_reason(finish_reason: str 
 
 
 USAGE_CASES: list[tuple[str, Json | None, Json]] = [
-    ("plain", USAGE, {"input_tokens": 12, "output_tokens": 3}),
+    ("plain", USAGE, usage_of(12, 3)),
     (
         "cached tokens counted apart",
         {**USAGE, "prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 80}},
-        {"input_tokens": 20, "output_tokens": 3, "cache_read_input_tokens": 80},
+        usage_of(20, 3, cached=80),
     ),
     (
         "zero cached tokens reported",
         {**USAGE, "prompt_tokens_details": {"cached_tokens": 0}},
-        {"input_tokens": 12, "output_tokens": 3, "cache_read_input_tokens": 0},
+        usage_of(12, 3, cached=0),
     ),
     (
         "details without cached tokens",
         {**USAGE, "prompt_tokens_details": {"audio_tokens": 0}},
-        {"input_tokens": 12, "output_tokens": 3},
+        usage_of(12, 3),
     ),
     ("null details", {**USAGE, "prompt_tokens_details": None},
-     {"input_tokens": 12, "output_tokens": 3}),
+     usage_of(12, 3)),
     (
         "all cached",
         {**USAGE, "prompt_tokens_details": {"cached_tokens": 12}},
-        {"input_tokens": 0, "output_tokens": 3, "cache_read_input_tokens": 12},
+        usage_of(0, 3, cached=12),
     ),
 ]
 
@@ -851,17 +852,17 @@ def test_usage(usage: Json | None, expected: Json) -> None:
     assert message["usage"] == expected
     if usage is not None:
         got = message["usage"]
-        assert got["input_tokens"] + got.get("cache_read_input_tokens", 0) == usage["prompt_tokens"]
+        assert got["input_tokens"] + got["cache_read_input_tokens"] == usage["prompt_tokens"]
 
 
 def test_usage_missing_is_estimated_not_a_crash() -> None:
     usage = translate(completion({"content": "x"}))["usage"]
-    assert set(usage) == {"input_tokens", "output_tokens"}
+    assert set(usage) == set(usage_of(0, 0))
     assert all(isinstance(v, int) and v >= 0 for v in usage.values())
 
 
 def test_usage_estimates_when_the_backend_sends_none() -> None:
-    assert usage_to_anthropic(None, 7, 2) == {"input_tokens": 7, "output_tokens": 2}
+    assert usage_to_anthropic(None, 7, 2) == usage_of(7, 2)
 
 
 SIGNATURE = f"mlxgw-{MSG_ID}"
