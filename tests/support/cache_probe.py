@@ -22,12 +22,16 @@ tokens are the model's business; on a real session they are cached as they are g
 `forward_answer=True` sends the server's own answer back instead of the scripted one (with the
 request's `max_tokens`), for sessions that show reuse with the generated tokens included.
 
-Side requests (a title or a topic asked of the small model between turns) are answered with a
-short text and recorded as such, so the main conversation's turns stay in step with the script.
+Requests outside the main conversation (a subagent's, which has a system prompt of its own; a
+title or a topic asked of the small model, which offers no tools) are side requests: they are read
+and recorded too, and answered with a short text, so the main conversation's turns stay in step
+with the script. The scripted answers carry the server's own usage of the prompt, so what the
+gateway reports to its client can be checked against what the server counted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import urllib.request
@@ -67,9 +71,26 @@ def cached_tokens(answer: Json) -> int:
     return int(details.get("cached_tokens") or 0)
 
 
-def has_tools(body: Json) -> bool:
-    """Claude Code's main conversation offers tools; its title and topic requests do not."""
-    return bool(body.get("tools"))
+def system_text(body: Json) -> str:
+    messages = body.get("messages") or [{}]
+    head = messages[0]
+    return str(head.get("content")) if head.get("role") == "system" else ""
+
+
+class MainConversation:
+    """Tells the main conversation's requests from side requests: the main conversation is the
+    one of the first request that offers tools, and all its requests share that request's system
+    prompt; a subagent has a system prompt of its own, a title or topic request no tools."""
+
+    def __init__(self) -> None:
+        self._system: str | None = None
+
+    def __call__(self, body: Json) -> bool:
+        if not body.get("tools"):
+            return False
+        if self._system is None:
+            self._system = system_text(body)
+        return system_text(body) == self._system
 
 
 class CacheProbe:
@@ -81,12 +102,12 @@ class CacheProbe:
         server_url: str,
         script: AgentScript,
         *,
-        is_main: Callable[[Json], bool] = has_tools,
+        is_main: Callable[[Json], bool] | None = None,
         forward_answer: bool = False,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.script = script
-        self.is_main = is_main
+        self.is_main = is_main or MainConversation()
         self.forward_answer = forward_answer
         self.readings: list[Reading] = []
         self.bodies: list[Json] = []
@@ -108,8 +129,9 @@ class CacheProbe:
         if self.forward_answer:
             return _as_reply(answer, stream=bool(body.get("stream")))
         if not main:
-            return _as_reply(_text_answer(SIDE_ANSWER), stream=bool(body.get("stream")))
-        return self.script(request)
+            side = _text_answer(SIDE_ANSWER, answer["usage"])
+            return _as_reply(side, stream=bool(body.get("stream")))
+        return _with_usage(self.script(request), answer["usage"])
 
     @property
     def main_readings(self) -> list[Reading]:
@@ -118,7 +140,8 @@ class CacheProbe:
 
     def table(self) -> str:
         """The readings as a table, one row per request, for logs and reports."""
-        rows = ["  # | kind | turn | prompt | cached | share", "----|------|------|--------|--------|------"]
+        rows = ["  # | kind | turn | prompt | cached | share"]
+        rows.append("----|------|------|--------|--------|-------")
         with self._lock:
             readings = list(self.readings)
         for at, r in enumerate(readings):
@@ -144,9 +167,14 @@ class CacheProbe:
         return answer
 
 
-def _text_answer(text: str) -> Json:
+def _with_usage(reply: Reply, usage: Json) -> Reply:
+    if isinstance(reply, Stream | Completion):
+        return dataclasses.replace(reply, usage=dict(usage))
+    return reply
+
+
+def _text_answer(text: str, usage: Json) -> Json:
     message = {"role": "assistant", "content": text}
-    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     return {"choices": [{"message": message, "finish_reason": "stop"}], "usage": usage}
 
 
