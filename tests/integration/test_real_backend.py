@@ -6,6 +6,7 @@ compared with what the server says when asked directly."""
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.request
 from typing import Any
 
@@ -195,3 +196,36 @@ def test_images_are_refused_clearly(gateway: GatewayProcess) -> None:
 def test_models_lists_the_served_model(gateway: GatewayProcess, mlx_backend: MlxBackend) -> None:
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
     assert [model.id for model in client.models.list()] == [mlx_backend.model]
+
+
+def test_a_repeated_prompt_is_reported_as_cached_in_both_protocols(
+    gateway: GatewayProcess,
+) -> None:
+    """The server's own prompt cache count, through the gateway: Anthropic's
+    `cache_read_input_tokens` (with `input_tokens` the rest), OpenAI's `cached_tokens`."""
+    system = f"Cache check {secrets.token_hex(8)}. " + "Answer briefly. " * 40
+    messages: list[Any] = [{"role": "user", "content": QUESTION}]
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    first, again = (
+        client.messages.create(
+            model="claude-anything", max_tokens=4, system=system, messages=messages
+        )
+        for _ in range(2)
+    )
+    assert first.usage.cache_read_input_tokens == 0
+    prompt = prompt_total(first.usage)
+    assert prompt_total(again.usage) == prompt
+    assert again.usage.cache_read_input_tokens is not None
+    assert again.usage.cache_read_input_tokens >= prompt - 1  # all but the last token
+    assert again.usage.input_tokens == prompt - again.usage.cache_read_input_tokens
+
+    chat = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
+    openai_messages: list[Any] = [{"role": "system", "content": system}, *messages]
+    completion = chat.chat.completions.create(
+        model="gpt-anything", messages=openai_messages, max_tokens=4
+    )
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == prompt
+    details = completion.usage.prompt_tokens_details
+    assert details is not None
+    assert details.cached_tokens == again.usage.cache_read_input_tokens
