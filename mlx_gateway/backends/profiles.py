@@ -49,7 +49,10 @@ class BackendProfile:
     # How reasoning is switched on and off: Qwen3-style chat templates read `enable_thinking`
     # from `chat_template_kwargs` (vLLM, mlx_lm.server, llama.cpp); None when there is no switch.
     thinking_switch: str | None = "chat_template_kwargs"
-    # Earlier reasoning is sent back as `reasoning_content` only where a server renders it.
+    # The field earlier reasoning would go back in. None for every known server: Qwen3-style
+    # templates show the reasoning of the current tool loop only, so a new user message would
+    # drop what the loop's prompts held and the server's prompt cache would be read again from
+    # the first reasoned answer on (see the README, "Prompt cache").
     reasoning_back_field: str | None = None
     # JSON-schema keys removed from tool parameters because the server rejects them.
     schema_keys_to_strip: tuple[str, ...] = ()
@@ -101,7 +104,6 @@ PROFILES: dict[str, BackendProfile] = {
     ),
     "llama_cpp": BackendProfile(
         name="llama_cpp",
-        reasoning_back_field="reasoning_content",
         context_probe=ContextProbe("/props", "llama_cpp_props"),
         tokenize_path="/tokenize",
         apply_template_path="/apply-template",
@@ -115,7 +117,6 @@ PROFILES: dict[str, BackendProfile] = {
     ),
     "vllm": BackendProfile(
         name="vllm",
-        reasoning_back_field="reasoning_content",
         reports_stop_match=True,
         context_probe=ContextProbe("/v1/models", "vllm_models"),
         tokenize_path="/tokenize",

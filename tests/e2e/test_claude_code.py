@@ -301,14 +301,16 @@ def test_reasoning_never_leaks(agent: Agent, reasoning_field: str) -> None:
 
 
 @pytest.mark.gateway_flags("--backend", "llama_cpp")
-def test_reasoning_goes_back_where_the_server_renders_it(agent: Agent) -> None:
+def test_reasoning_does_not_go_back_to_servers_that_take_it(agent: Agent) -> None:
+    """llama.cpp would take it as `reasoning_content`, but Qwen3-style templates drop it at the
+    next user message, which would cut the prompt cache's prefix there."""
     thinking = f"Plan: SECRET-PLAN-{secrets.token_hex(4)}."
 
     result = agent.run("Check it.", *reasoning_turns(thinking, "reasoning_content"))
 
     agent.assert_answered(result, "All good.")
     echoed = assert_thinking_round_trip(agent, thinking)
-    assert echoed["reasoning_content"] == thinking, echoed
+    assert thinking not in json.dumps(echoed), echoed
 
 
 def test_finish_reason_length_on_text(agent: Agent) -> None:

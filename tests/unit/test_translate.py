@@ -3,6 +3,7 @@ Anthropic message. Requests go through the real decoder, completions through the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -269,9 +270,10 @@ def test_assistant_non_ascii_arguments_round_trip() -> None:
 THINKING_CASES: list[tuple[str, BackendProfile, Json]] = [
     ("mlx_lm drops thinking", MLX, assistant("answer")),
     ("ollama drops thinking", OLLAMA, assistant("answer")),
-    ("vllm passes reasoning_content", VLLM,
-     {**assistant("answer"), "reasoning_content": "hmm"}),
-    ("llama.cpp passes reasoning_content", PROFILES["llama_cpp"],
+    ("vllm drops thinking", VLLM, assistant("answer")),
+    ("llama.cpp drops thinking", PROFILES["llama_cpp"], assistant("answer")),
+    ("a profile that wants it gets reasoning_content",
+     dataclasses.replace(VLLM, reasoning_back_field="reasoning_content"),
      {**assistant("answer"), "reasoning_content": "hmm"}),
 ]
 
