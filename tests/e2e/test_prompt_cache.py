@@ -135,8 +135,9 @@ def test_every_turn_is_read_from_the_prompt_cache(
     ensure_claude_code()
     probe = CacheProbe(mlx_backend.url, AgentScript(*SESSION))
     scripted_backend.set_responder(probe)
-    # Claude Code's prompt is far over the tiny model's window, which the server does not enforce.
-    flags = ("--mlx-model", mlx_backend.model, "--context-window", "200000", "--timeout", "300")
+    # Claude Code's prompt is far over the tiny model's window, which the server does not enforce;
+    # reading it the first time takes minutes on a busy CPU.
+    flags = ("--mlx-model", mlx_backend.model, "--context-window", "200000", "--timeout", "600")
     gateway = start_gateway(scripted_backend.url, *flags)
     cwd, home = tmp_path_factory.mktemp("cwd"), tmp_path_factory.mktemp("home")
     with RecordingProxy(gateway.url) as proxy:
@@ -163,7 +164,8 @@ def assert_session_shape(session: Session) -> None:
     assert all(body.get("thinking", {}).get("type") in {"enabled", "adaptive"} for body in main)
     readings = session.probe.readings
     assert len(readings) >= 6, session.probe.table()
-    assert [r.turn for r in session.probe.main_readings] == list(range(len(SESSION)))
+    turns = [r.turn for r in session.probe.main_readings]  # a retried request repeats its turn
+    assert sorted(set(turns)) == list(range(len(SESSION))), session.probe.table()
 
 
 def assert_reused(main: list[Reading], probe: CacheProbe) -> None:
