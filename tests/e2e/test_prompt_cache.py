@@ -137,7 +137,8 @@ def test_every_turn_is_read_from_the_prompt_cache(
     scripted_backend.set_responder(probe)
     # Claude Code's prompt is far over the tiny model's window, which the server does not enforce;
     # reading it the first time takes minutes on a busy CPU.
-    flags = ("--mlx-model", mlx_backend.model, "--context-window", "200000", "--timeout", "600")
+    flags = ("--mlx-model", mlx_backend.model, "--context-window", "200000")
+    flags += ("--timeout", "600", "--total-timeout", "600")
     gateway = start_gateway(scripted_backend.url, *flags)
     cwd, home = tmp_path_factory.mktemp("cwd"), tmp_path_factory.mktemp("home")
     with RecordingProxy(gateway.url) as proxy:
