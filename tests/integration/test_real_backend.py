@@ -212,8 +212,9 @@ def test_a_repeated_prompt_is_reported_as_cached_in_both_protocols(
         )
         for _ in range(2)
     )
-    assert first.usage.cache_read_input_tokens == 0
     prompt = prompt_total(first.usage)
+    # The server is shared: only the template's opening can be in its cache before the nonce.
+    assert (first.usage.cache_read_input_tokens or 0) < prompt // 10
     assert prompt_total(again.usage) == prompt
     assert again.usage.cache_read_input_tokens is not None
     assert again.usage.cache_read_input_tokens >= prompt - 1  # all but the last token
