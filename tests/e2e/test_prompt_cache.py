@@ -7,7 +7,10 @@ gateway's translation must keep every earlier part of the conversation byte-stab
 
 The session: the real Claude Code, through the recording proxy and the gateway, to a
 `CacheProbe` (tests/support/cache_probe.py) that reads every prompt the gateway builds through
-the real mlx_lm.server on the tiny model and answers from a script. Two `claude -p` runs, the
+a real server on the tiny model and answers from a script; once with mlx_lm.server, once with
+llama.cpp's llama-server (its window large enough for Claude Code's prompt). The gateway talks to
+the probe, so it runs with its default profile; the mlx_lm and llama_cpp profiles translate a
+conversation alike (tests/unit/test_prefix.py renders it under both). Two `claude -p` runs, the
 second continuing the first (`--continue`), so the conversation gets a second user message after
 a finished tool loop with thinking:
 
@@ -40,6 +43,7 @@ from tests.support.agent_script import AgentScript, Call, Turn
 from tests.support.anthropic_stream import accumulate, parse_sse
 from tests.support.cache_probe import CacheProbe, Reading
 from tests.support.claude_code import ClaudeResult, ensure_claude_code, run_claude
+from tests.support.llama_backend import StartLlamaServer
 from tests.support.mlx_backend import MlxBackend
 from tests.support.scripted_backend import ScriptedBackend
 
@@ -55,6 +59,8 @@ ENV = {
     "ANTHROPIC_SMALL_FAST_MODEL": HAIKU,
 }
 TOOLS = ["Bash", "Agent"]
+LLAMA_WINDOW = 65536  # Claude Code's prompt is some 20k tokens
+SERVERS = ["mlx_lm.server", "llama-server"]
 
 
 def bash(command: str) -> Call:
@@ -125,19 +131,31 @@ def assert_ok(result: ClaudeResult, text: str, probe: CacheProbe) -> None:
     assert result.text == text, f"{result.describe()}\n{probe.table()}"
 
 
+def server_of(name: str, mlx: MlxBackend, start_llama_server: StartLlamaServer) -> tuple[str, str]:
+    """The URL and model name of the real server to read prompts with."""
+    if name == "llama-server":
+        llama = start_llama_server(window=LLAMA_WINDOW)
+        return llama.url, llama.model
+    return mlx.url, mlx.model
+
+
+@pytest.mark.parametrize("server", SERVERS)
 def test_every_turn_is_read_from_the_prompt_cache(
+    server: str,
     mlx_backend: MlxBackend,
+    start_llama_server: StartLlamaServer,
     scripted_backend: ScriptedBackend,
     start_gateway: StartGateway,
     tmp_path_factory: pytest.TempPathFactory,
     record_property: Callable[[str, object], None],
 ) -> None:
     ensure_claude_code()
-    probe = CacheProbe(mlx_backend.url, AgentScript(*SESSION))
+    url, model = server_of(server, mlx_backend, start_llama_server)
+    probe = CacheProbe(url, AgentScript(*SESSION))
     scripted_backend.set_responder(probe)
     # Claude Code's prompt is far over the tiny model's window, which the server does not enforce;
     # reading it the first time takes minutes on a busy CPU.
-    flags = ("--mlx-model", mlx_backend.model, "--context-window", "200000")
+    flags = ("--mlx-model", model, "--context-window", "200000")
     flags += ("--timeout", "600", "--total-timeout", "600")
     gateway = start_gateway(scripted_backend.url, *flags)
     cwd, home = tmp_path_factory.mktemp("cwd"), tmp_path_factory.mktemp("home")
@@ -148,7 +166,7 @@ def test_every_turn_is_read_from_the_prompt_cache(
         second = session.run("Run one more.", "--continue")
         assert_ok(second, "Second task done.", probe)
     record_property("claude_seconds", round(first.duration + second.duration, 2))
-    print(f"\nprompt cache on mlx_lm.server:\n{probe.table()}")
+    print(f"\nprompt cache on {server}:\n{probe.table()}")
     assert "Traceback" not in gateway.log(), gateway.log()[-4000:]
 
     assert_session_shape(session)
