@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from itertools import pairwise
 
 import pytest
@@ -188,3 +189,27 @@ def test_cutter_holds_back_only_a_stop_prefix(stops: list[str], chunks: list[str
         prefixes = {s[:i] for s in stops for i in range(1, len(s))}
         needed = max((p for p in prefixes if fed.endswith(p)), key=len, default="")
         assert fed[len(emitted) :] == needed
+
+
+def test_cutter_memory_and_work_are_linear_in_a_long_sequence() -> None:
+    """One 40,000-character sequence once cost 800 million characters of prefixes."""
+    sequence = "a" * 39_999 + "b"
+    tracemalloc.start()
+    try:
+        cutter = StopSequenceCutter([sequence])
+        emitted = [cutter.feed("a" * 1_000) for _ in range(60)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 1024 * 1024
+    assert "".join(text for text, _ in emitted) == "a" * 20_001
+    assert cutter.feed("b") == ("", sequence)
+
+
+@given(st.lists(st.text(alphabet="ab", min_size=1, max_size=12), min_size=1, max_size=3))
+def test_cutter_on_periodic_sequences(stops: list[str]) -> None:
+    """Sequences that overlap themselves exercise the automaton's fallbacks."""
+    text = "ab" * 10 + "aab" * 5 + "b" * 3
+    for size in (1, 2, 5):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert cut(stops, chunks) == reference_cut(stops, text)
