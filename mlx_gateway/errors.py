@@ -4,11 +4,17 @@
     +-- InvalidRequest                400 invalid_request_error (client's fault: shape, JSON, value)
     |   +-- BackendRejected           400 the backend refused the request (its 4xx)
     |   +-- PromptTooLong             400 prompt does not fit the context window
+    |   +-- BackendRefused            400 a 5xx that refuses this request's content (no retry)
+    |   +-- NestedTooDeeply           400 JSON nested past what the decoder follows
+    +-- Unauthorized                  401 authentication_error (no or a wrong API key)
+    +-- Forbidden                     403 permission_error (a Host or Origin not allowed)
     +-- NotFound                      404 not_found_error (unknown route or model)
     +-- MethodNotAllowed              405
+    +-- RequestTimeout                408 the body did not arrive in time
     +-- RequestTooLarge               413 request_too_large
-    |   +-- BackendRefused            400 a 5xx that refuses this request's content (no retry)
+    +-- UnsupportedMediaType          415 a body that is not JSON (what a web page could send)
     +-- RateLimited                   429 rate_limit_error (the backend asked to slow down)
+    +-- TooManyRequests               429 rate_limit_error (one client holds too many requests)
     +-- Overloaded                    529 overloaded_error / OpenAI 429 (every backend is full)
     +-- BackendUnavailable            503 overloaded_error (unreachable, refused, timed out)
     |   +-- BackendDown               503 api_error, not retryable: down for a while
@@ -72,6 +78,40 @@ class PromptTooLong(InvalidRequest):
 class BackendRefused(InvalidRequest):
     """A backend 5xx that is really a refusal of this request's content (an image for a text
     model, tools on a server without a chat template for them): retrying cannot help."""
+class NestedTooDeeply(InvalidRequest):
+    def __init__(self) -> None:
+        super().__init__("request body is not valid JSON: nested too deeply")
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    anthropic_type = "authentication_error"
+    openai_type = "authentication_error"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    anthropic_type = "permission_error"
+    openai_type = "permission_error"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    anthropic_type = "rate_limit_error"
+    openai_type = "rate_limit_error"
+    retryable = True
 
 
 class NotFound(GatewayError):

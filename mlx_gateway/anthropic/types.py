@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from mlx_gateway import limits
 from mlx_gateway.parse.validation import decode_request
 
 
@@ -125,12 +126,24 @@ class Tool(msgspec.Struct, gc=False):
     defer_loading: bool = False
 
     def __post_init__(self) -> None:
-        first = bytes(memoryview(self.input_schema)[:1])
+        schema = memoryview(self.input_schema)
+        first = bytes(schema[:1])
         if first == b"n":  # null, the only JSON value that starts so
             self.input_schema = msgspec.Raw()
         elif first not in (b"", b"{"):
             got = _JSON_KINDS.get(first, "number")
             raise ValueError(f"input_schema: Expected `object | null`, got `{got}`")
+        elif len(schema) > limits.MAX_TOOL_SCHEMA_BYTES:
+            raise ValueError(f"input_schema: longer than {limits.MAX_TOOL_SCHEMA_BYTES} bytes")
+        elif not bytes(schema).isascii():
+            _check_utf8(bytes(schema))  # a raw value is skipped over, its UTF-8 unchecked
+
+
+def _check_utf8(raw: bytes) -> None:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError("input_schema: Invalid UTF-8 encoded string") from None
 
 
 _JSON_KINDS = {b"[": "array", b'"': "str", b"t": "bool", b"f": "bool"}
@@ -151,18 +164,26 @@ class Metadata(msgspec.Struct, gc=False):
     user_id: str | None = None
 
 
+Messages = Annotated[list[Message], msgspec.Meta(min_length=1, max_length=limits.MAX_MESSAGES)]
+Tools = Annotated[list[Tool], msgspec.Meta(max_length=limits.MAX_TOOLS)]
+StopSequence = Annotated[str, msgspec.Meta(max_length=limits.MAX_STOP_SEQUENCE_CHARS)]
+StopSequences = Annotated[list[StopSequence], msgspec.Meta(max_length=limits.MAX_STOP_SEQUENCES)]
+# The ranges of the real API: a value it refuses is refused here, not sent to the model.
+UnitInterval = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
 class MessagesRequest(msgspec.Struct, gc=False):
     model: str
-    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    messages: Messages
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_TOKENS)]
     system: str | list[TextBlock] | None = None
-    stop_sequences: list[str] | None = None
+    stop_sequences: StopSequences | None = None
     stream: bool = False
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
+    temperature: UnitInterval | None = None
+    top_p: UnitInterval | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
     metadata: Metadata | None = None
-    tools: list[Tool] | None = None
+    tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
 
@@ -171,9 +192,9 @@ class CountTokensRequest(msgspec.Struct, gc=False):
     """Same shape as MessagesRequest, minus `max_tokens`, which count_tokens does not take."""
 
     model: str
-    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    messages: Messages
     system: str | list[TextBlock] | None = None
-    tools: list[Tool] | None = None
+    tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
 

@@ -6,11 +6,12 @@ What backends answer is decoded in parse/chat.py, which every wing reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from mlx_gateway.errors import InvalidRequest
+from mlx_gateway import limits
+from mlx_gateway.errors import InvalidRequest, NestedTooDeeply
 
 _T = TypeVar("_T")
 _object_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
@@ -29,10 +30,48 @@ class ChatRequest:
     stream: bool
 
 
+class _Message(msgspec.Struct, gc=False):
+    """Only what every message must have; its content is skipped over, not decoded."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _messages_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _str_decoder = msgspec.json.Decoder(str)
 _bool_decoder = msgspec.json.Decoder(bool)
+
+
+def _between(low: float, high: float) -> Any:
+    return Annotated[float, msgspec.Meta(ge=low, le=high)]
+
+
+_Tokens = Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_TOKENS)]
+_Stop = Annotated[str, msgspec.Meta(max_length=limits.MAX_STOP_SEQUENCE_CHARS)]
+# The fields the real API types and bounds, as it documents them: a request it would refuse is
+# refused here rather than forwarded. Anything else is the backend's to judge, as it came.
+_CHECKED: dict[str, Any] = {
+    "messages": Annotated[list[_Message], msgspec.Meta(max_length=limits.MAX_MESSAGES)],
+    "max_tokens": _Tokens | None,
+    "max_completion_tokens": _Tokens | None,
+    "temperature": _between(0.0, 2.0) | None,
+    "top_p": _between(0.0, 1.0) | None,
+    "presence_penalty": _between(-2.0, 2.0) | None,
+    "frequency_penalty": _between(-2.0, 2.0) | None,
+    "n": Annotated[int, msgspec.Meta(ge=1, le=128)] | None,
+    "stop": _Stop | Annotated[list[_Stop], msgspec.Meta(max_length=limits.MAX_OPENAI_STOPS)] | None,
+    "seed": int | None,
+    "logprobs": bool | None,
+    "top_logprobs": Annotated[int, msgspec.Meta(ge=0, le=20)] | None,
+    "parallel_tool_calls": bool | None,
+    "tools": Annotated[list[dict[str, msgspec.Raw]], msgspec.Meta(max_length=limits.MAX_TOOLS)]
+    | None,
+    "tool_choice": str | dict[str, msgspec.Raw] | None,
+    "stream_options": dict[str, msgspec.Raw] | None,
+    "response_format": dict[str, msgspec.Raw] | None,
+    "user": str | None,
+}
+_checks = {name: msgspec.json.Decoder(kind) for name, kind in _CHECKED.items()}
 
 
 def read_chat_request(body: bytes) -> ChatRequest:
@@ -47,6 +86,8 @@ def read_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest("request body must be a JSON object") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {_json_error(body, exc)}") from None
+    except RecursionError:
+        raise NestedTooDeeply() from None
     try:
         messages = _messages_decoder.decode(fields.get("messages", b"null"))
     except msgspec.ValidationError:
@@ -55,7 +96,27 @@ def read_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest("messages: expected a non-empty array")
     model = _raw_field(fields, "model", _str_decoder, "", "model: expected a string")
     stream = _raw_field(fields, "stream", _bool_decoder, False, "stream: expected a boolean")
+    _check_fields(fields)
     return ChatRequest(fields, model, stream)
+
+
+def _check_fields(fields: dict[str, msgspec.Raw]) -> None:
+    """Each typed field checked alone: a handful of small decodes, not the body once more."""
+    for name, raw in fields.items():
+        check = _checks.get(name)
+        if check is None:
+            continue
+        try:
+            check.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(_named(name, str(exc))) from None
+
+
+def _named(name: str, error: str) -> str:
+    """`Expected int - at `$[0].role`` for field messages -> `messages.0.role: Expected int`."""
+    what, _, where = error.partition(" - at `$")
+    path = where.rstrip("`").replace("[", ".").replace("]", "")
+    return f"{name}{path}: {what}"
 
 
 def _raw_field(

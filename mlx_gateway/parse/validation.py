@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import msgspec
 
-from mlx_gateway.errors import InvalidRequest
+from mlx_gateway.errors import InvalidRequest, NestedTooDeeply
 
 _PATH_ITEM = re.compile(r"\[(\d+)\]")
 _AT_PATH = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -41,3 +41,5 @@ def decode_request(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         raise InvalidRequest(describe_validation_error(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 in a string: the latter
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # nested past what the decoder follows (limits.py)
+        raise NestedTooDeeply() from None
