@@ -38,6 +38,8 @@ from mlx_gateway.config import Config, state_dir
 # Claude Code reads a smaller CLAUDE_CODE_AUTO_COMPACT_WINDOW as this, and says so on screen.
 AUTO_COMPACT_MINIMUM = 100_000
 CODEX_PROVIDER = "mlx_gateway"
+# Where Codex reads the gateway's key from, when the gateway has keys (--api-key).
+CODEX_KEY_VARIABLE = "MLX_GATEWAY_SESSION_KEY"
 CODEX_OFFLINE: Mapping[str, Any] = {
     "features.plugins": False,
     "features.apps": False,
@@ -89,6 +91,8 @@ def claude_environment(
     env = dict(environ)
     env["ANTHROPIC_BASE_URL"] = session.base_url
     key = env.pop("ANTHROPIC_API_KEY", None)
+    if config.api_key:  # a gateway with keys takes its first as the token Claude Code sends
+        env["ANTHROPIC_AUTH_TOKEN"] = config.api_key[0]
     env.setdefault("ANTHROPIC_AUTH_TOKEN", key or "mlx-gateway")
     env.setdefault("ANTHROPIC_MODEL", config.mlx_model)
     for family in ("opus", "sonnet", "haiku"):
@@ -155,6 +159,8 @@ def codex_overrides(config: Config, session: Session, catalog: Path) -> dict[str
     }
     if session.context_window:
         overrides["model_context_window"] = session.context_window
+    if config.api_key:  # Codex sends the variable's value as a Bearer token
+        overrides[f"{provider}.env_key"] = CODEX_KEY_VARIABLE
     return overrides
 
 
@@ -186,7 +192,10 @@ def _wire_codex(
     argv: list[str] = []
     for key, value in codex_overrides(config, session, catalog).items():
         argv += ["-c", f"{key}={toml_value(value)}"]
-    return [*argv, *args], dict(environ)
+    env = dict(environ)
+    if config.api_key:
+        env[CODEX_KEY_VARIABLE] = config.api_key[0]
+    return [*argv, *args], env
 
 
 AGENTS: Mapping[str, Agent] = {

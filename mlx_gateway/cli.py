@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mlx_gateway import __version__, children
+from mlx_gateway import __version__, children, textlog
 from mlx_gateway.config import SETTINGS, Config, load_config, state_dir
 from mlx_gateway.errors import ConfigError
 from mlx_gateway.launch import command_help, run_command, split_command
 from mlx_gateway.logs import configure_logging
 from mlx_gateway.server import rsgi
-from mlx_gateway.server.app import create_app
+from mlx_gateway.server.app import connection_limits, create_app
 from mlx_gateway.startup import self_proxy_error
 from mlx_gateway.supervise import BackendSupervisor, log_tail
 
@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlx-gateway {__version__}")
     parser.add_argument("--config", help="TOML file with the same settings (flags win)")
     for setting in SETTINGS:
+        if setting.switch:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_const",
+                const="true",
+                help=setting.help,
+            )
+            continue
         action = "append" if setting.repeated else "store"
         parser.add_argument(setting.flag, dest=setting.name, action=action, help=setting.help)
     return parser
@@ -71,6 +80,7 @@ def tune_gc() -> None:
 
 def serve(config: Config, report: bool = True) -> None:
     configure_logging(config.log_level, config.log_format)
+    textlog.configure(config.log_prompts)
     logging.getLogger("mlx_gateway").info(
         "mlx-gateway %s on http://%s:%d -> %s (model %s)",
         __version__,
@@ -84,7 +94,8 @@ def serve(config: Config, report: bool = True) -> None:
     app = create_app(config, report=report)
     tune_gc()
     try:
-        loop.run_until_complete(rsgi.serve(app, config.host, config.port))
+        limits = connection_limits(config)
+        loop.run_until_complete(rsgi.serve(app, config.host, config.port, limits))
     finally:
         loop.close()
 

@@ -7,6 +7,7 @@ are all derived from that table, so the three sources can never drift apart.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import shlex
 import tomllib
 from collections.abc import Callable, Mapping
@@ -50,6 +51,17 @@ class Config:
     queue_timeout: float = 300.0
     # `[[backends]]` of the TOML file; used when no --mlx-url is given (flag or environment).
     backends: tuple[BackendSpec, ...] = ()
+    api_key: tuple[str, ...] = field(default=(), repr=False)
+    insecure_no_auth: bool = False
+    allowed_host: tuple[str, ...] = field(default=())
+    cors_origin: tuple[str, ...] = field(default=())
+    log_prompts: bool = False
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 512
+    max_client_requests: int = 64
+    backend_idle_timeout: float = 30.0
+    backend_pool_size: int = 64
 
     @property
     def backend_base_url(self) -> str:
@@ -148,6 +160,17 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _parse_switch(value: str) -> bool:
+    normalised = value.strip().lower()
+    if normalised not in _TRUE + _FALSE:
+        raise ValueError("expected true or false")
+    return normalised in _TRUE
+
+
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -180,6 +203,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     repeated: bool = False
+    switch: bool = False  # a flag without a value; `true`/`false` in the environment and file
 
     @property
     def flag(self) -> str:
@@ -226,6 +250,44 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("queue_size", _parse_non_negative_int, "requests that may wait for a backend (64)"),
     Setting("queue_timeout", _parse_positive_float, "seconds a request may wait (default 300)"),
+    Setting(
+        "api_key",
+        _non_empty,
+        "a key clients must send (x-api-key or Bearer), repeatable",
+        repeated=True,
+    ),
+    Setting("insecure_no_auth", _parse_switch, "listen beyond loopback without a key", switch=True),
+    Setting(
+        "allowed_host",
+        _non_empty,
+        "a Host name clients may use, repeatable ('*': any)",
+        repeated=True,
+    ),
+    Setting(
+        "cors_origin",
+        _non_empty,
+        "a web origin allowed to call, repeatable ('*': any)",
+        repeated=True,
+    ),
+    Setting("log_prompts", _parse_switch, "let prompt and answer text into the log", switch=True),
+    Setting(
+        "header_timeout",
+        _parse_positive_float,
+        "seconds to send a request's headers; also the idle keep-alive limit (10)",
+    ),
+    Setting("body_timeout", _parse_positive_float, "seconds to send a request's body (60)"),
+    Setting("max_connections", _parse_positive_int, "open client connections per worker (512)"),
+    Setting(
+        "max_client_requests",
+        _parse_positive_int,
+        "requests in flight from one client address (64)",
+    ),
+    Setting(
+        "backend_idle_timeout",
+        _parse_positive_float,
+        "seconds an idle backend connection is kept (30)",
+    ),
+    Setting("backend_pool_size", _parse_positive_int, "idle backend connections kept (64)"),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -253,7 +315,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in _BY_NAME:
             raise ConfigError(f"unknown setting {key!r} in config file {path}")
-        raw = value
+        raw = str(value).lower() if isinstance(value, bool) else value
         if name == "model_map" and isinstance(value, dict):
             raw = [f"{pattern}={model}" for pattern, model in value.items()]
         values[name] = _convert(_BY_NAME[name], raw, f"config file {key}")
@@ -336,4 +398,22 @@ def load_config(
             f"--total-timeout ({config.total_timeout:g}) must not be smaller than "
             f"--timeout ({config.timeout:g})"
         )
+    if not (config.api_key or config.insecure_no_auth or is_loopback(config.host)):
+        raise ConfigError(
+            f"listening on {config.host} lets other machines in: give --api-key "
+            "(or --insecure-no-auth to allow anyone)"
+        )
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address or name only this machine can reach."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)

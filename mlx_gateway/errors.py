@@ -3,6 +3,7 @@
     GatewayError                      500 api_error / server_error
     +-- InvalidRequest                400 invalid_request_error (client's fault: shape, JSON, value)
     |   +-- BackendRejected           400 the backend refused the request (its 4xx)
+    |   +-- IncompleteBody            400 the body ended before its Content-Length
     |   +-- PromptTooLong             400 prompt does not fit the context window
     |   +-- BackendRefused            400 a 5xx that refuses this request's content (no retry)
     |   +-- NestedTooDeeply           400 JSON nested past what the decoder follows
@@ -47,6 +48,9 @@ class GatewayError(Exception):
     # exist for OpenAI clients); None: the same status.
     openai_status: ClassVar[int | None] = None
 
+    # A client that left, or a body cut short, is logged at debug: there is nobody to tell.
+    quiet: ClassVar[bool] = False
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
@@ -57,6 +61,11 @@ class GatewayError(Exception):
         if anthropic or self.openai_status is None:
             return self.status
         return self.openai_status
+
+    @property
+    def summary(self) -> str:
+        """The message without text that may quote the request (see textlog.py)."""
+        return self.message
 
 
 class InvalidRequest(GatewayError):
@@ -70,6 +79,14 @@ class BackendRejected(InvalidRequest):
         super().__init__(message)
         self.backend_status = backend_status
 
+    @property
+    def summary(self) -> str:
+        return f"backend rejected the request (HTTP {self.backend_status})"
+
+
+class IncompleteBody(InvalidRequest):
+    quiet = True
+
 
 class PromptTooLong(InvalidRequest):
     openai_code = "context_length_exceeded"
@@ -78,6 +95,8 @@ class PromptTooLong(InvalidRequest):
 class BackendRefused(InvalidRequest):
     """A backend 5xx that is really a refusal of this request's content (an image for a text
     model, tools on a server without a chat template for them): retrying cannot help."""
+
+
 class NestedTooDeeply(InvalidRequest):
     def __init__(self) -> None:
         super().__init__("request body is not valid JSON: nested too deeply")
@@ -182,6 +201,10 @@ class BackendFailed(GatewayError):
     def __init__(self, backend_status: int, body: str) -> None:
         super().__init__(f"MLX backend returned HTTP {backend_status}: {body}")
         self.backend_status = backend_status
+
+    @property
+    def summary(self) -> str:
+        return f"MLX backend returned HTTP {self.backend_status}"
 
 
 class BackendStreamFailed(GatewayError):

@@ -20,3 +20,7 @@ MAX_TOKENS = 2**31 - 1
 # JSON nesting is bounded by the decoder itself: it refuses a body nested past Python's
 # recursion limit (about 1,000 levels) in C before going deeper, and the server answers a
 # RecursionError from anything after it as this request's fault (server/rsgi.py).
+# A request's head (request line and headers); Claude Code's is about 2 KB.
+MAX_HEADER_BYTES = 64 * 1024
+# Concurrent requests on one HTTP/2 connection (HTTP/1.1 carries one at a time).
+MAX_STREAMS_PER_CONNECTION = 16

@@ -53,7 +53,7 @@ def backend_status_error(
     """A non-2xx answer as the error the client sees (see errors.py for why 4xx -> 400): what
     refuses this request's content is a 400 whatever the status (the profile's table), a 429
     stays a retryable 429 with its `retry-after`, other 5xx are 502s."""
-    message = error_message_from_body(body)
+    message = error_message_from_body(body)[:_MAX_ERROR_BODY]
     if status == 508:  # another gateway refused a request that came round to it
         return LoopDetected(message)
     overflow = context_overflow_error(message, body)
@@ -263,7 +263,7 @@ def error_message_from_body(body: bytes) -> str:
     try:
         parsed = _object_decoder.decode(body)
     except msgspec.DecodeError:
-        return text[:2000]
+        return text[:_MAX_ERROR_BODY]
     if isinstance(parsed, dict):
         error = parsed.get("error", parsed.get("detail", parsed.get("message")))
         if isinstance(error, dict):
@@ -272,4 +272,4 @@ def error_message_from_body(body: bytes) -> str:
             return error
         if error is not None:
             return msgspec.json.encode(error).decode()
-    return text[:2000]
+    return text[:_MAX_ERROR_BODY]

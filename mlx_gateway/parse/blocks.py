@@ -33,6 +33,7 @@ from mlx_gateway.parse.textruns import TextRun
 from mlx_gateway.parse.think import ThinkSplitter
 
 log = logging.getLogger("mlx_gateway.stream")
+prompts = logging.getLogger("mlx_gateway.prompts")  # see textlog.py
 
 Event = dict[str, Any]
 _NOT_SIMPLE = ("", "")
@@ -339,7 +340,8 @@ class BlockStream:
             self._on_arguments(suffix, events)
             return arguments + suffix
         if suffix is None:
-            log.warning("tool call arguments are not JSON and cannot be closed: %.200s", arguments)
+            log.warning("tool call arguments are not JSON and cannot be closed")
+            prompts.warning("the arguments that cannot be closed: %.200s", arguments)
         return arguments
 
 

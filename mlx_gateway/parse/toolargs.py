@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+prompts = logging.getLogger("mlx_gateway.prompts")  # see textlog.py
 log = logging.getLogger("mlx_gateway.toolargs")
 
 RAW_ARGUMENTS_KEY = "_raw_arguments"
@@ -32,7 +33,10 @@ def parse_tool_arguments(arguments: str | dict[str, Any] | None) -> dict[str, An
         parsed = _repair_json(arguments)
     if isinstance(parsed, dict):
         return parsed
-    log.warning("tool call arguments are not a JSON object; kept raw: %.200s", arguments)
+    log.warning(
+        "tool call arguments are not a JSON object; kept raw (%d characters)", len(arguments)
+    )
+    prompts.warning("the arguments kept raw: %.200s", arguments)
     return {RAW_ARGUMENTS_KEY: arguments}
 
 

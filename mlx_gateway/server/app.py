@@ -4,13 +4,13 @@ caller's protocol."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import time
 
 import msgspec
 
+from mlx_gateway import limits
 from mlx_gateway.backends.upstream import HOP_HEADER
 from mlx_gateway.config import Config
 from mlx_gateway.errors import GatewayError, anthropic_error_body, openai_error_body
@@ -20,6 +20,8 @@ from mlx_gateway.server.messages import MessagesRoutes
 from mlx_gateway.server.responses import ResponsesRoutes
 from mlx_gateway.server.rsgi import (
     JSON_HEADERS,
+    BodyLimits,
+    ConnectionLimits,
     EventStream,
     Handler,
     Reply,
@@ -30,6 +32,7 @@ from mlx_gateway.server.rsgi import (
 from mlx_gateway.server.state import GatewayState
 from mlx_gateway.server.status import StatusRoutes
 from mlx_gateway.startup import report_backend
+from mlx_gateway.textlog import log_failure
 
 log = logging.getLogger("mlx_gateway")
 
@@ -62,10 +65,11 @@ class InfoRoutes:
 
     async def health(self, request: Request) -> Reply | EventStream:
         """`ok` (every backend up), `degraded` (some) or `down` (none), with each backend's
-        state; backend URLs and models only for clients on this machine. Also what
+        state; backend URLs and models only for clients on this machine or with a key
+        (guard.py). Also what
         `mlx-gateway code` reads to decide whether this gateway is the one asked for (backend
         and model) and which window to give Claude Code."""
-        private = is_loopback(request.client)
+        private = self.state.guard.may_see_details(request)
         state = self.state.pool.state(private=private)
         state["service"] = "mlx-gateway"
         if private:
@@ -75,21 +79,6 @@ class InfoRoutes:
             state["model"] = config.mlx_model
             state["context_window"] = primary.context.known_window(config.mlx_model)
         return json_reply(state)
-
-
-def is_loopback(client: str) -> bool:
-    """`client` is granian's peer, `address:port` (`[v6]:port` for IPv6)."""
-    host = client
-    if client.startswith("["):
-        host = client[1 : client.find("]")]
-    elif client.count(":") == 1:
-        host = client.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost"
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 _OPENAI_PATHS = ("/v1/chat", "/v1/models", "/v1/completions", "/v1/embeddings", "/v1/responses")
@@ -107,7 +96,9 @@ def speaks_anthropic(request: Request) -> bool:
 
 def error_reply(request: Request, error: GatewayError) -> Reply:
     level = logging.WARNING if error.status >= 500 and error.status != 529 else logging.INFO
-    log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
+    if error.quiet:
+        level = logging.DEBUG
+    log_failure(level, f"{request.method} {request.path} -> {error.status}", error)
     anthropic = speaks_anthropic(request)
     body = anthropic_error_body(error) if anthropic else openai_error_body(error)
     headers = [*JSON_HEADERS, ("x-should-retry", "true" if error.retryable else "false")]
@@ -141,7 +132,8 @@ def create_app(config: Config, *, report: bool = True) -> RSGIApp:
     return RSGIApp(
         routes,
         error_reply,
-        max_body_bytes=int(config.max_body_mb * 1024 * 1024),
+        state.guard,
+        BodyLimits(int(config.max_body_mb * 1024 * 1024), config.body_timeout),
         on_start=lambda: _start(state, report),
         on_stop=lambda: _stop(state),
         observer=state.observer,
@@ -162,3 +154,12 @@ async def _stop(state: GatewayState) -> None:
         task.cancel()
     await asyncio.gather(*state.background, return_exceptions=True)
     await state.close()
+
+
+def connection_limits(config: Config) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout=config.header_timeout,
+        max_connections=config.max_connections,
+        max_header_bytes=limits.MAX_HEADER_BYTES,
+        max_streams=limits.MAX_STREAMS_PER_CONNECTION,
+    )

@@ -20,6 +20,7 @@ from mlx_gateway.server.observe import RequestRecord
 from mlx_gateway.server.rsgi import EventStream, Reply, Request
 from mlx_gateway.server.state import GatewayState
 from mlx_gateway.server.streaming import EVENT_STREAM_HEADERS
+from mlx_gateway.textlog import log_failure
 
 log = logging.getLogger("mlx_gateway")
 
@@ -67,7 +68,7 @@ class ChatRoutes:
                     ended = piece.rstrip().endswith(b"[DONE]")
                     previous, last = last, piece
             except GatewayError as error:
-                log.warning("backend stream failed: %s", error.message)
+                log_failure(logging.WARNING, "backend stream failed", error)
                 request.record.failed(error)
                 await stream.write(encode_data(_json.encode(openai_error_body(error))))
             else:

@@ -13,19 +13,24 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings, HTTP2Settings
 from granian.log import LogLevels
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported by granian
 from granian.server.embed import Server
 
 from mlx_gateway.errors import (
     GatewayError,
+    IncompleteBody,
     LoopDetected,
     MethodNotAllowed,
+    NestedTooDeeply,
     NotFound,
+    RequestTimeout,
     RequestTooLarge,
 )
 from mlx_gateway.server.observe import CLIENT_GONE, Observer, RequestRecord
@@ -45,9 +50,20 @@ class HeaderView(Protocol):
 
 class Request:
     """What a handler sees of a request; `stream` is set once it starts a streamed answer;
-    `record` takes what the handler learns for the access log and the metrics."""
+    `record` takes what the handler learns for the access log and the metrics;
+    `extra_headers` go on every answer to it (those of an allowed web origin)."""
 
-    __slots__ = ("_proto", "body", "client", "headers", "method", "path", "record", "stream")
+    __slots__ = (
+        "_proto",
+        "body",
+        "client",
+        "extra_headers",
+        "headers",
+        "method",
+        "path",
+        "record",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -59,13 +75,14 @@ class Request:
         *,
         record: RequestRecord | None = None,
         client: str = "",
-    ):
+    ) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
         self.client = client  # "address:port" of the peer
         self.stream: EventStream | None = None
+        self.extra_headers: Headers = []
         self.record = record if record is not None else RequestRecord(method, path)
         self._proto = proto
 
@@ -75,6 +92,8 @@ class Request:
 
     def open_stream(self, headers: Headers) -> EventStream:
         """Starts a 200 answer whose body is written piece by piece."""
+        if self.extra_headers:
+            headers = headers + self.extra_headers
         self.stream = EventStream(self._proto.response_stream(200, headers))
         return self.stream
 
@@ -133,25 +152,42 @@ Handler = Callable[[Request], Awaitable[Reply | EventStream]]
 ErrorRenderer = Callable[[Request, GatewayError], Reply]
 
 
+class Gatekeeper(Protocol):
+    """Who may use the gateway (server/guard.py): checks run before a request's route."""
+
+    def preflight(self, request: Request) -> Headers | None: ...
+
+    def check(self, request: Request) -> None: ...
+
+    def cors_headers(self, request: Request) -> Headers: ...
+
+    def admit(self, request: Request) -> str: ...
+
+    def release(self, client: str) -> None: ...
+
+
 class RSGIApp:
-    """Routes by path then method, reads the body under a size limit, and cancels a handler
-    whose client went away (a local model should not keep generating an answer nobody reads)."""
+    """Checks who asks, routes by path then method, reads the body under a size and a time
+    limit, and cancels a handler whose client went away (a local model should not keep
+    generating an answer nobody reads)."""
 
     def __init__(
         self,
         routes: Mapping[str, Mapping[str, Handler]],
         render_error: ErrorRenderer,
-        max_body_bytes: int,
+        guard: Gatekeeper,
+        limits: BodyLimits,
+        *,
         on_start: Callable[[], Awaitable[None]],
         on_stop: Callable[[], Awaitable[None]],
-        *,
         observer: Observer | None = None,
         loop_header: str = "",
     ) -> None:
         self.routes = routes
         self.loop_header = loop_header
         self.render_error = render_error
-        self.max_body_bytes = max_body_bytes
+        self.guard = guard
+        self.limits = limits
         self.on_start = on_start
         self.on_stop = on_stop
         self.observer = observer if observer is not None else Observer()
@@ -166,22 +202,26 @@ class RSGIApp:
         finally:
             self.observer.end(record)
         if answer is not None:
-            proto.response_bytes(answer.status, answer.headers, answer.body)
+            headers = answer.headers + request.extra_headers if request.extra_headers else None
+            proto.response_bytes(answer.status, headers or answer.headers, answer.body)
 
     async def _answer(self, request: Request, proto: Any) -> Reply | None:
         """The whole answer to write, or None when a stream was written (or nobody listens)."""
         record = request.record
         try:
-            handler = self._route(request)
-            request.body = await self._read_body(request, proto)
-            answer = await _cancelled_when_client_leaves(handler(request), proto)
+            answer = await self._admitted(request, proto)
         except GatewayError as error:
             record.failed(error)
             answer = self.render_error(request, error)
         except ConnectionResetError as gone:
-            log.info("%s on %s %s", gone, request.method, request.path)
+            log.debug("%s on %s %s", gone, request.method, request.path)
             record.status = CLIENT_GONE
             return None
+        except RecursionError:
+            # Only a request nested past what Python follows gets this deep (limits.py).
+            too_deep = NestedTooDeeply()
+            record.failed(too_deep)
+            answer = self.render_error(request, too_deep)
         except Exception:
             log.exception("unexpected failure on %s %s", request.method, request.path)
             failure = GatewayError("internal gateway error; see the gateway log")
@@ -195,6 +235,22 @@ class RSGIApp:
             return answer
         record.status = 200
         return None
+
+    async def _admitted(self, request: Request, proto: Any) -> Reply | EventStream:
+        """Asks the guard, then reads the body and runs the route's handler."""
+        guard = self.guard
+        preflight = guard.preflight(request)
+        if preflight is not None:
+            return Reply(b"", 204, preflight)
+        guard.check(request)
+        request.extra_headers = guard.cors_headers(request)
+        handler = self._route(request)
+        client = guard.admit(request)
+        try:
+            request.body = await self._read_body(request, proto)
+            return await _cancelled_when_client_leaves(handler(request), proto)
+        finally:
+            guard.release(client)
 
     def _route(self, request: Request) -> Handler:
         if self.loop_header and self.loop_header in request.headers:
@@ -212,23 +268,42 @@ class RSGIApp:
         return handler
 
     async def _read_body(self, request: Request, proto: Any) -> bytes:
+        """The whole body, within the time limit; a body cut short is the client's fault."""
+        seconds = self.limits.body_timeout
+        try:
+            async with asyncio.timeout(seconds):
+                return await self._receive(request, proto)
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
+        except ProtocolClosed:
+            raise IncompleteBody("the request body ended before it was complete") from None
+
+    async def _receive(self, request: Request, proto: Any) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit():
-            if int(declared) > self.max_body_bytes:
+            if int(declared) > self.limits.max_body_bytes:
                 raise self._too_large()
             body: bytes = await proto()
+            if len(body) != int(declared):
+                raise IncompleteBody("the request body ended before its Content-Length")
             return body
         pieces, size = [], 0  # chunked: counted as it comes
         async for piece in proto:
             size += len(piece)
-            if size > self.max_body_bytes:
+            if size > self.limits.max_body_bytes:
                 raise self._too_large()
             pieces.append(piece)
         return b"".join(pieces)
 
     def _too_large(self) -> RequestTooLarge:
-        limit_mb = self.max_body_bytes / (1024 * 1024)
+        limit_mb = self.limits.max_body_bytes / (1024 * 1024)
         return RequestTooLarge(f"request body is larger than the limit of {limit_mb:g} MB")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    max_body_bytes: int
+    body_timeout: float
 
 
 async def _cancelled_when_client_leaves(
@@ -256,7 +331,17 @@ async def _cancelled_when_client_leaves(
         watch.cancel()
 
 
-async def serve(app: RSGIApp, host: str, port: int) -> None:
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What granian itself enforces on client connections, before the gateway sees a request."""
+
+    header_timeout: float  # seconds to send the headers; also an idle keep-alive's limit
+    max_connections: int  # per worker; more wait in the listen backlog until one closes
+    max_header_bytes: int  # a head past this is a 431
+    max_streams: int  # concurrent requests on one HTTP/2 connection
+
+
+async def serve(app: RSGIApp, host: str, port: int, limits: ConnectionLimits) -> None:
     """Serves until SIGINT or SIGTERM. granian binds with SO_REUSEPORT, so `--workers`
     processes share the port; cli.claim_port keeps a lone gateway's port its own."""
     server = Server(
@@ -266,6 +351,16 @@ async def serve(app: RSGIApp, host: str, port: int) -> None:
         interface=Interfaces.RSGI,
         http=HTTPModes.auto,
         websockets=False,
+        backlog=128,
+        backpressure=limits.max_connections,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(limits.header_timeout * 1000),
+            max_buffer_size=max(limits.max_header_bytes, 8192),
+        ),
+        http2_settings=HTTP2Settings(
+            max_concurrent_streams=limits.max_streams,
+            max_headers_size=limits.max_header_bytes,
+        ),
         # The server's own errors go through the gateway's log; its notices do not.
         log_level=LogLevels.error,
         log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},

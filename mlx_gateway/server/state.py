@@ -1,6 +1,7 @@
-"""What every route shares, built once per app: the settings, the backend pool (each backend
-with its own profile, window, health and counters), the model aliases, the heartbeat, the
-message ids, and what is observed of the requests (access log, metrics, status page)."""
+"""What every route shares, built once per app: the settings, who may call, the backend pool
+(each backend with its own profile, window, health and counters), the model aliases, the
+heartbeat, the message ids, and what is observed of the requests (access log, metrics, status
+page)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mlx_gateway.backends.aliases import ModelRouter
 from mlx_gateway.backends.backend import Backend, Settings
 from mlx_gateway.backends.pool import BackendPool
 from mlx_gateway.config import Config
+from mlx_gateway.server.guard import Guard
 from mlx_gateway.server.metrics import Metrics, shared_dir
 from mlx_gateway.server.observe import Observer
 from mlx_gateway.server.status import BackendStates, StatusBoard
@@ -22,6 +24,7 @@ class GatewayState:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.guard = Guard(config)
         self.router = ModelRouter(config.mlx_model, config.model_map)
         self.message_ids = MessageIds()
         self.heartbeat = Heartbeat(config.ping_interval)

@@ -17,6 +17,7 @@ from mlx_gateway.parse.blocks import Event
 from mlx_gateway.parse.chunkreader import ChunkReader, ChunkTranslator
 from mlx_gateway.parse.sse import encode_event
 from mlx_gateway.server.rsgi import EventStream, Headers, Request
+from mlx_gateway.textlog import log_failure
 
 log = logging.getLogger("mlx_gateway")
 
@@ -154,7 +155,7 @@ async def relay(
         async for batch in translated_batches(pieces, machine):
             await writer.send(batch)
     except GatewayError as error:
-        log.warning("backend stream failed: %s", error.message)
+        log_failure(logging.WARNING, "backend stream failed", error)
         return machine.fail(error)
     return machine.finish()
 

@@ -17,7 +17,8 @@ from mlx_gateway.errors import (
     Overloaded,
     RateLimited,
 )
-from mlx_gateway.server.app import error_reply, is_loopback
+from mlx_gateway.server.app import error_reply
+from mlx_gateway.server.guard import from_loopback
 from mlx_gateway.server.rsgi import Request
 
 
@@ -141,7 +142,7 @@ def test_openai_rate_limit_body_has_its_code() -> None:
     ],
 )
 def test_loopback_clients(client: str, loopback: bool) -> None:
-    assert is_loopback(client) is loopback
+    assert from_loopback(client) is loopback
 
 
 def test_start_hints_name_the_port_and_model() -> None:
