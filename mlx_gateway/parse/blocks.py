@@ -195,6 +195,11 @@ class BlockStream:
         """A stop sequence was seen: the caller should end the backend request and finish()."""
         return self._stop_cutter.matched is not None
 
+    @property
+    def complete(self) -> bool:
+        """The backend said how the answer ended (or a stop sequence ended it here)."""
+        return self._finish_reason is not None or self.stopped
+
     def _flush(self, events: list[Event]) -> None:
         """Everything the layers still hold, then the last block closed."""
         self._content(self._stop_cutter.finish(), events)

@@ -97,7 +97,14 @@ class ChatCompletionChunk(msgspec.Struct, gc=False):
     error: ErrorObject | str | None = None
 
 
+class _CompletionShape(msgspec.Struct, gc=False):
+    """What an answer relayed unchanged must be: an object with a `choices` array."""
+
+    choices: list[msgspec.Raw]
+
+
 _completion_decoder = msgspec.json.Decoder(ChatCompletion)
+_shape_decoder = msgspec.json.Decoder(_CompletionShape)
 _chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
 _chunks_decoder = msgspec.json.Decoder(list[ChatCompletionChunk])
 
@@ -110,6 +117,15 @@ def decode_completion(body: bytes) -> ChatCompletion:
     if completion.error is not None:
         raise stream_error(completion.error)
     return completion
+
+
+def check_completion(body: bytes) -> None:
+    """Raises BadBackendResponse unless `body` is a chat completion (HTML, an empty or a cut off
+    body answered with a 200 is the backend's failure, not an answer to relay)."""
+    try:
+        _shape_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BadBackendResponse(f"backend answer is not a chat completion: {exc}") from None
 
 
 def decode_chunk(data: bytes | str) -> ChatCompletionChunk:

@@ -18,6 +18,7 @@ from mlx_gateway.parse.textruns import TextRun, TextTemplate
 # Bytes searched for as ints: `b"x" in data` first tries the needle as an int, and the TypeError
 # it raises and clears costs more than the search.
 _LF, _CR = 0x0A, 0x0D
+_DONE_EVENT = DATA_FIELD + b"[DONE]\n\n"
 
 E = TypeVar("E")
 
@@ -40,7 +41,7 @@ class ChunkReader(Generic[E]):
     template are not decoded at all (textruns.py), nor even seen by the event decoder when a
     read begins with them."""
 
-    __slots__ = ("_decoder", "_learn_from", "_template", "_translator")
+    __slots__ = ("_decoder", "_learn_from", "_template", "_translator", "saw_done")
 
     def __init__(self, translator: ChunkTranslator[E], learn_from: int = 8) -> None:
         """`learn_from`: a template is learned only from a read that begins at least this many
@@ -49,6 +50,9 @@ class ChunkReader(Generic[E]):
         self._learn_from = learn_from
         self._decoder = SSEDecoder()
         self._template: TextTemplate | None = None
+        # The stream's end marker came: with a finish reason, what tells a whole answer from
+        # one cut off (the marker is read where it is dropped, never searched for).
+        self.saw_done = False
 
     def feed(self, piece: bytes) -> list[E]:
         if self._template is None and piece.find(NEXT_DATA_EVENT) < 0:
@@ -70,6 +74,8 @@ class ChunkReader(Generic[E]):
         chunks: list[ChatCompletionChunk] = []
         for item in items:
             if isinstance(item, DataRun):
+                if item.raw.endswith(_DONE_EVENT):
+                    self.saw_done = True
                 if not templates:
                     chunks += run_chunks(item)
                     continue
@@ -84,6 +90,8 @@ class ChunkReader(Generic[E]):
                 events.append(self._translator.ping)
             elif is_chunk_data(item.data):
                 chunks.append(decode_chunk(item.data))
+            elif item.data == "[DONE]":
+                self.saw_done = True
         self._feed_chunks(chunks, events)
         return events
 

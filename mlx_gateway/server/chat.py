@@ -11,10 +11,11 @@ import msgspec
 
 from mlx_gateway.backends.backend import Backend
 from mlx_gateway.backends.upstream import Upstream
-from mlx_gateway.errors import GatewayError, openai_error_body
+from mlx_gateway.errors import BadBackendResponse, GatewayError, openai_error_body
 from mlx_gateway.openai.affinity import conversation_key
 from mlx_gateway.openai.types import raw_json, read_chat_request
-from mlx_gateway.parse.chat import Usage
+from mlx_gateway.parse.chat import Usage, check_completion
+from mlx_gateway.parse.relay import EventRelay
 from mlx_gateway.parse.sse import DONE, encode_data
 from mlx_gateway.server.observe import RequestRecord
 from mlx_gateway.server.rsgi import EventStream, Reply, Request
@@ -48,6 +49,7 @@ class ChatRoutes:
             if chat.stream:
                 return await self._stream(request, backend.upstream, body)
             answer = await backend.upstream.complete(body)
+            check_completion(answer)
             note_usage(request.record, _usage_only(answer))
             return Reply(answer)
 
@@ -60,20 +62,25 @@ class ChatRoutes:
     ) -> Reply | EventStream:
         async with upstream.stream(body) as pieces:
             stream = request.open_stream(EVENT_STREAM_HEADERS)
-            ended = False
+            relay = EventRelay()
             previous = last = b""
             try:
                 async for piece in request.record.timed(pieces):
-                    await stream.write(piece)
-                    ended = piece.rstrip().endswith(b"[DONE]")
-                    previous, last = last, piece
+                    whole = relay.feed(piece)
+                    if whole:
+                        await stream.write(whole)
+                        previous, last = last, whole
+                cut_off = relay.failure()
+                if cut_off is not None:
+                    raise BadBackendResponse(cut_off)
             except GatewayError as error:
+                # After the 200 only an error object can say it; no [DONE] follows it.
                 log_failure(logging.WARNING, "backend stream failed", error)
                 request.record.failed(error)
                 await stream.write(encode_data(_json.encode(openai_error_body(error))))
-            else:
-                if not ended:
-                    await stream.write(DONE)
+                return stream
+            if not relay.saw_done:
+                await stream.write(DONE)  # servers that end with the finish reason alone
             note_usage(request.record, usage_at_end(previous + last))
         return stream
 

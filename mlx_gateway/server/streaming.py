@@ -12,7 +12,7 @@ from typing import Protocol
 import msgspec
 
 from mlx_gateway.anthropic.stream import PING
-from mlx_gateway.errors import GatewayError
+from mlx_gateway.errors import BadBackendResponse, GatewayError
 from mlx_gateway.parse.blocks import Event
 from mlx_gateway.parse.chunkreader import ChunkReader, ChunkTranslator
 from mlx_gateway.parse.sse import encode_event
@@ -113,6 +113,9 @@ class StreamMachine(ChunkTranslator[Event], Protocol):
     @property
     def stopped(self) -> bool: ...
 
+    @property
+    def complete(self) -> bool: ...
+
     def start(self) -> list[Event]: ...
 
     def finish(self) -> list[Event]: ...
@@ -171,3 +174,10 @@ async def translated_batches(
         if machine.stopped:
             return
     yield reader.flush()
+    if not (machine.complete or reader.saw_done):
+        raise BadBackendResponse(CUT_OFF)
+
+
+# Neither a finish reason nor the end marker: the connection ended early, and whatever stop
+# reason the gateway gave would be made up.
+CUT_OFF = "the backend stream ended before the answer was complete"

@@ -337,7 +337,7 @@ def _raw_post(gateway: GatewayProcess, body: dict[str, Any]) -> socket.socket:
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
     sock.sendall(
-        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data
     )
@@ -395,7 +395,7 @@ def test_openai_stream_ends_with_done_and_arrives_incrementally(
             [
                 chunk({"role": "assistant", "content": "early"}),
                 Pause(0.6),
-                chunk({"content": "late"}),
+                chunk({"content": "late"}, "stop"),  # a finish reason, then no end marker
             ],
             done=False,
         )
