@@ -164,6 +164,27 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
 
+def _parse_key(value: str) -> str:
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError("expected printable ASCII without spaces")
+    return value
+
+
+def _parse_host_name(value: str) -> str:
+    name = value.strip().lower()
+    if name != "*" and (not name or any(c in name for c in " /@")):
+        raise ValueError("expected a host name such as box.lan, or *")
+    return name
+
+
+def _parse_origin(value: str) -> str:
+    origin = value.strip().rstrip("/").lower()
+    parts = urlsplit(origin)
+    if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+        raise ValueError("expected an origin such as http://localhost:3000, or *")
+    return origin
+
+
 def _parse_switch(value: str) -> bool:
     normalised = value.strip().lower()
     if normalised not in _TRUE + _FALSE:
@@ -252,20 +273,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue_timeout", _parse_positive_float, "seconds a request may wait (default 300)"),
     Setting(
         "api_key",
-        _non_empty,
+        _parse_key,
         "a key clients must send (x-api-key or Bearer), repeatable",
         repeated=True,
     ),
     Setting("insecure_no_auth", _parse_switch, "listen beyond loopback without a key", switch=True),
     Setting(
         "allowed_host",
-        _non_empty,
+        _parse_host_name,
         "a Host name clients may use, repeatable ('*': any)",
         repeated=True,
     ),
     Setting(
         "cors_origin",
-        _non_empty,
+        _parse_origin,
         "a web origin allowed to call, repeatable ('*': any)",
         repeated=True,
     ),

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlx_gateway.backends import probe
 from mlx_gateway.backends.context import PromptContext
 from mlx_gateway.backends.probe import Identity
 from mlx_gateway.backends.profiles import PROFILES, BackendProfile, guess_kind, start_hint
-from mlx_gateway.backends.upstream import Upstream
+from mlx_gateway.backends.upstream import PoolSettings, Upstream
 
 log = logging.getLogger("mlx_gateway.pool")
 
@@ -39,6 +39,7 @@ class Settings:
     total_timeout: float
     context_window: int = 0
     probe_timeout: float = probe.PROBE_TIMEOUT
+    connections: PoolSettings = field(default_factory=PoolSettings)  # idle keep-alive ones
 
 
 class Backend:
@@ -50,7 +51,12 @@ class Backend:
         self.settings = settings
         profile = PROFILES[spec.kind if spec.kind != "auto" else guess_kind(spec.url)]
         self.upstream = Upstream(
-            spec.url, profile, settings.timeout, settings.total_timeout, model=self._model()
+            spec.url,
+            profile,
+            settings.timeout,
+            settings.total_timeout,
+            model=self._model(),
+            pool=settings.connections,
         )
         self.context = self._new_context(profile)
         self.identity: Identity | None = None  # None until the first probe has answered

@@ -280,6 +280,7 @@ class HttpClient:
         timeout: float,
         total_timeout: float,
         keepalive: float = 30.0,
+        max_idle: int = 64,
     ) -> None:
         parts = urlsplit(base_url)
         self.host = parts.hostname or "localhost"
@@ -290,7 +291,9 @@ class HttpClient:
         self.timeout = timeout
         self.total_timeout = total_timeout
         self.keepalive = keepalive
-        self._idle: list[_Connection] = []
+        self.max_idle = max_idle
+        self._idle: list[_Connection] = []  # oldest first; the newest is taken first
+        self._sweep: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
     async def request(
@@ -341,7 +344,8 @@ class HttpClient:
         )
 
     def _pooled(self) -> _Connection | None:
-        """The most recently used idle connection that is still open and fresh."""
+        """The most recently used idle connection that is still open and fresh (the sweep
+        may not have run yet when the loop was busy)."""
         now = self._loop.time()
         while self._idle:
             connection = self._idle.pop()
@@ -376,13 +380,37 @@ class HttpClient:
         return connection
 
     def release(self, connection: _Connection) -> None:
-        if connection.keep_alive and not connection.closed:
-            connection.idle_since = self._loop.time()
-            self._idle.append(connection)
-        else:
+        if not connection.keep_alive or connection.closed:
             connection.close()
+            return
+        connection.idle_since = self._loop.time()
+        self._idle.append(connection)
+        if len(self._idle) > self.max_idle:
+            self._idle.pop(0).close()
+        if self._sweep is None:
+            self._schedule_sweep()
+
+    def _schedule_sweep(self) -> None:
+        self._sweep = self._loop.call_at(self._idle[0].idle_since + self.keepalive, self._expire)
+
+    def _expire(self) -> None:
+        """Closes what has been idle for `keepalive` seconds, on a timer: after a burst the
+        descriptors go back without waiting for the next request to find them stale."""
+        self._sweep = None
+        now, idle = self._loop.time(), self._idle
+        while idle and (idle[0].closed or now - idle[0].idle_since >= self.keepalive):
+            idle.pop(0).close()
+        if idle:
+            self._schedule_sweep()
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -146,6 +147,12 @@ class DownWatch:
         return self._count >= self.failures or self.clock() - self._since >= self.seconds
 
 
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    idle_timeout: float = 30.0  # seconds an idle connection is kept open
+    size: int = 64  # idle connections kept; more are closed, the oldest first
+
+
 class Upstream:
     """Owns the connection pool; made and closed inside the app's lifespan."""
 
@@ -156,6 +163,8 @@ class Upstream:
         timeout: float,
         total_timeout: float,
         model: str = "",
+        *,
+        pool: PoolSettings | None = None,
     ) -> None:
         self.base_url = base_url
         self.profile = profile
@@ -163,11 +172,16 @@ class Upstream:
         self.total_timeout = total_timeout
         self.hint = start_hint(profile, base_url, model)
         self.watch = DownWatch()
+        self.pool = pool or PoolSettings()
         self._client: HttpClient | None = None
 
     async def start(self) -> None:
         self._client = HttpClient(
-            self.base_url, timeout=self.timeout, total_timeout=self.total_timeout
+            self.base_url,
+            timeout=self.timeout,
+            total_timeout=self.total_timeout,
+            keepalive=self.pool.idle_timeout,
+            max_idle=self.pool.size,
         )
 
     async def close(self) -> None:

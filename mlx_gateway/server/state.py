@@ -11,6 +11,7 @@ import secrets
 from mlx_gateway.backends.aliases import ModelRouter
 from mlx_gateway.backends.backend import Backend, Settings
 from mlx_gateway.backends.pool import BackendPool
+from mlx_gateway.backends.upstream import PoolSettings
 from mlx_gateway.config import Config
 from mlx_gateway.server.guard import Guard
 from mlx_gateway.server.metrics import Metrics, shared_dir
@@ -33,6 +34,7 @@ class GatewayState:
             timeout=config.timeout,
             total_timeout=config.total_timeout,
             context_window=config.context_window,
+            connections=PoolSettings(config.backend_idle_timeout, config.backend_pool_size),
         )
         self.pool = BackendPool(
             [Backend(spec, settings) for spec in config.backend_specs()],

@@ -120,6 +120,17 @@ _BAD_VALUES = {
     "max_concurrency": "many",
     "queue_size": "-1",
     "queue_timeout": "0",
+    "api_key": "a key",
+    "insecure_no_auth": "maybe",
+    "allowed_host": "a/b",
+    "cors_origin": "page.example",
+    "log_prompts": "maybe",
+    "header_timeout": "0",
+    "body_timeout": "-1",
+    "max_connections": "0",
+    "max_client_requests": "many",
+    "backend_idle_timeout": "soon",
+    "backend_pool_size": "0",
 }
 
 

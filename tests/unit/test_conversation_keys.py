@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from mlx_gateway.anthropic import types as an
 from mlx_gateway.anthropic.affinity import conversation_key as anthropic_key
+from mlx_gateway.errors import InvalidRequest
 from mlx_gateway.openai.affinity import conversation_key as openai_key
 from mlx_gateway.openai.types import read_chat_request
 
@@ -49,4 +52,6 @@ def test_openai_prompt_cache_key_then_user_then_opening() -> None:
     system = [{"role": "system", "content": "be brief"}]
     assert chat(system + FIRST) == chat(system + LATER)
     assert chat(system + FIRST) != chat(FIRST)
-    assert chat(FIRST, user=3) == chat(FIRST)  # not a string: the opening decides
+    # A `user` that is not a string is refused as the real API refuses it (openai/types.py).
+    with pytest.raises(InvalidRequest, match="user"):
+        chat(FIRST, user=3)

@@ -274,6 +274,42 @@ def test_keepalive_timeout_is_read_from_the_header(value: bytes, seconds: float 
     assert httpclient.keepalive_timeout(value) == seconds
 
 
+def test_idle_connections_are_closed_on_a_timer_without_another_request() -> None:
+    """After a burst the descriptors go back by themselves, not when the pool is next used."""
+
+    async def main() -> None:
+        ref: list[Server] = []
+        async with Server(serve_forever(lambda _: answer(b"ok"), ref)) as server:
+            ref.append(server)
+            http = HttpClient(server.url, timeout=5, total_timeout=10, keepalive=0.2)
+            responses = await asyncio.gather(*(http.request("POST", "/x", b"{}") for _ in range(5)))
+            await asyncio.gather(*(response.read() for response in responses))
+            assert http.idle_count == 5
+            for _ in range(100):  # bounded: 5 s at most
+                if http.idle_count == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert http.idle_count == 0
+            http.close()
+
+    run(main())
+
+
+def test_the_pool_keeps_at_most_max_idle_connections() -> None:
+    async def main() -> None:
+        ref: list[Server] = []
+        async with Server(serve_forever(lambda _: answer(b"ok"), ref)) as server:
+            ref.append(server)
+            http = HttpClient(server.url, timeout=5, total_timeout=10, max_idle=2)
+            responses = await asyncio.gather(*(http.request("POST", "/x", b"{}") for _ in range(6)))
+            await asyncio.gather(*(response.read() for response in responses))
+            assert (server.connections, http.idle_count) == (6, 2)
+            http.close()
+            assert http.idle_count == 0
+
+    run(main())
+
+
 def test_closing_an_unfinished_body_drops_the_connection() -> None:
     async def main() -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
