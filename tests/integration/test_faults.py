@@ -78,7 +78,15 @@ def test_openai_stream_cut_off_ends_with_an_error_object_and_no_done(
     payloads = [data for _, data in sse_events(response.text)]
     assert "[DONE]" not in payloads
     assert "error" in json.loads(payloads[-1])
-    for payload in payloads:  # whole events only: each one is JSON
+
+
+def test_openai_relay_never_sends_half_an_event(
+    gateway: GatewayProcess, scripted_backend: ScriptedBackend
+) -> None:
+    scripted_backend.queue(Stream(CUT_OFF["half an event at the end"], usage=None, done=False))
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=10)
+    assert '"content": "lo' not in response.text
+    for _, payload in sse_events(response.text):
         json.loads(payload)
 
 
