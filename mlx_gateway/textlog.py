@@ -27,4 +27,13 @@ def log_failure(level: int, what: str, error: GatewayError) -> None:
 
 
 def configure(log_prompts: bool) -> None:
-    logging.getLogger(PROMPTS_LOGGER).disabled = not log_prompts
+    """A filter rather than `disabled` or a level: the server's own logging set-up, which runs
+    later, re-enables loggers and resets levels, and leaves filters alone."""
+    logger = logging.getLogger(PROMPTS_LOGGER)
+    logger.removeFilter(_drop)
+    if not log_prompts:
+        logger.addFilter(_drop)
+
+
+def _drop(_: logging.LogRecord) -> bool:
+    return False
