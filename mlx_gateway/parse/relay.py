@@ -54,7 +54,7 @@ class EventRelay:
 
 def _boundary(data: bytes) -> int:
     """Where the last whole event of `data` ends (0 when none does)."""
-    end = data.rfind(b"\n\n") + 2
+    ends = [(data.rfind(b"\n\n"), 2)]
     if data.find(b"\r") >= 0:  # servers may end lines with CR LF (or CR alone)
-        end = max(end, data.rfind(b"\r\n\r\n") + 4, data.rfind(b"\r\r") + 2)
-    return max(end, 0)
+        ends += [(data.rfind(b"\r\n\r\n"), 4), (data.rfind(b"\r\r"), 2)]
+    return max((at + size for at, size in ends if at >= 0), default=0)

@@ -258,3 +258,41 @@ def test_bad_backends_table_names_the_problem(tmp_path: Path, table: str, named:
     with pytest.raises(ConfigError) as caught:
         load_config({}, {}, str(toml))
     assert named in caught.value.message
+@pytest.mark.parametrize(
+    ("host", "extra", "ok"),
+    [
+        ("127.0.0.1", {}, True),
+        ("localhost", {}, True),
+        ("::1", {}, True),
+        ("0.0.0.0", {}, False),
+        ("192.168.1.4", {}, False),
+        ("0.0.0.0", {"api_key": ["k"]}, True),
+        ("0.0.0.0", {"insecure_no_auth": "true"}, True),
+    ],
+)
+def test_listening_beyond_loopback_needs_a_key(
+    host: str, extra: dict[str, object], ok: bool
+) -> None:
+    flags = {"host": host, **extra}
+    if ok:
+        load_config(flags, {})
+    else:
+        with pytest.raises(ConfigError, match="--api-key"):
+            load_config(flags, {})
+
+
+def test_keys_from_environment_and_switches_from_file(tmp_path: Path) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text('log-prompts = true\nallowed-host = ["box.lan"]\n')
+    config = load_config({}, {"MLX_GATEWAY_API_KEY": "a,b"}, str(toml))
+    assert config.api_key == ("a", "b")
+    assert config.log_prompts is True
+    assert config.allowed_host == ("box.lan",)
+    assert "api_key" not in repr(config)
+
+
+def test_switch_flags_take_no_value() -> None:
+    from mlx_gateway.cli import parse_config
+
+    config = parse_config(["--insecure-no-auth", "--host", "0.0.0.0", "--log-prompts"])
+    assert (config.insecure_no_auth, config.log_prompts) == (True, True)
