@@ -122,3 +122,9 @@ def _status(pid: int, key: str) -> int:
 
 def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def reset_peak_rss(pid: int) -> None:
+    """VmHWM back to the current RSS (Linux >= 4.0), so a peak belongs to one request."""
+    with open(f"/proc/{pid}/clear_refs", "w") as refs:
+        refs.write("5")
