@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import payloads, peers, procfs, profiling, routing, services
+from bench import payloads, peers, procfs, profiling, routing, services, soak
 from bench.payloads import Exchange
 from bench.report import (
     DIRECT,
@@ -78,6 +78,7 @@ class Settings:
     only: tuple[str, ...]  # run only scenarios whose name contains one of these
     results_dir: Path
     routing: bool = False  # only the routing and overload rows (bench/routing.py)
+    soak: float | None = None  # seconds of soak instead of the tables
 
 
 FULL = Settings(
@@ -348,9 +349,16 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument(
         "--results-dir", type=Path, help=f"where the JSON goes (default {RESULTS_DIR})"
     )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="SECONDS",
+        help="instead of the tables: steady mixed load for SECONDS; RSS slope and descriptors",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {
+        "soak": args.soak,
         "peers": tuple(args.peer),
         "profile": args.profile,
         "only": tuple(args.only),
@@ -419,6 +427,10 @@ def _targets(settings: Settings, plan: services.CorePlan, logs: Path) -> Iterato
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
+    if settings.soak:
+        plan = services.CorePlan.for_this_machine()
+        plan.pin_this_process_to_load()
+        return _soak(settings.soak, plan)
     try:
         require_wrk()
         if settings.profile:
@@ -470,6 +482,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"profiles: {profile_dir}")
     print(f"results: {result_path}")
     return 1 if total_errors(bench.http_rows, bench.stream_rows) else 0
+
+
+def _soak(seconds: float, plan: services.CorePlan) -> int:
+    with tempfile.TemporaryDirectory(prefix="mlx-gateway-soak-") as tmp:
+        try:
+            report = soak.run_soak(seconds, Path(tmp), plan)
+        except services.ServiceFailed as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 2
+    print("\n".join(report.lines()))
+    return 1 if report.errors else 0
 
 
 def print_report(meta: dict[str, Any], bench: Bench, elapsed: float) -> None:

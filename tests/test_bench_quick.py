@@ -58,3 +58,19 @@ def test_quick_benchmark_runs_and_every_response_checks_out(tmp_path: Path) -> N
     assert {row["target"] for row in document["http"]} == {"direct", "gateway"}
     assert all(row["requests"] > 0 for row in document["http"])
     assert all(row["streams"] > 0 for row in document["streams"])
+
+
+def test_soak_reports_memory_slope_and_descriptors() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--soak", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("soak: ") and " 0 errors" in line for line in lines)
+    assert any(line.startswith("rss: ") and "MiB/min" in line for line in lines)
+    assert any(line.startswith("open descriptors: ") for line in lines)
