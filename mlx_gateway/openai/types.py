@@ -37,7 +37,6 @@ class _Message(msgspec.Struct, gc=False):
 
 
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_messages_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _str_decoder = msgspec.json.Decoder(str)
 _bool_decoder = msgspec.json.Decoder(bool)
 
@@ -51,7 +50,9 @@ _Stop = Annotated[str, msgspec.Meta(max_length=limits.MAX_STOP_SEQUENCE_CHARS)]
 # The fields the real API types and bounds, as it documents them: a request it would refuse is
 # refused here rather than forwarded. Anything else is the backend's to judge, as it came.
 _CHECKED: dict[str, Any] = {
-    "messages": Annotated[list[_Message], msgspec.Meta(max_length=limits.MAX_MESSAGES)],
+    "messages": Annotated[
+        list[_Message], msgspec.Meta(min_length=1, max_length=limits.MAX_MESSAGES)
+    ],
     "max_tokens": _Tokens | None,
     "max_completion_tokens": _Tokens | None,
     "temperature": _between(0.0, 2.0) | None,
@@ -88,16 +89,15 @@ def read_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest(f"request body is not valid JSON: {_json_error(body, exc)}") from None
     except RecursionError:
         raise NestedTooDeeply() from None
-    try:
-        messages = _messages_decoder.decode(fields.get("messages", b"null"))
-    except msgspec.ValidationError:
-        messages = []
-    if not messages:
-        raise InvalidRequest("messages: expected a non-empty array")
+    if "messages" not in fields:
+        raise InvalidRequest(_NO_MESSAGES)
     model = _raw_field(fields, "model", _str_decoder, "", "model: expected a string")
     stream = _raw_field(fields, "stream", _bool_decoder, False, "stream: expected a boolean")
     _check_fields(fields)
     return ChatRequest(fields, model, stream)
+
+
+_NO_MESSAGES = "messages: expected a non-empty array"
 
 
 def _check_fields(fields: dict[str, msgspec.Raw]) -> None:
@@ -109,6 +109,8 @@ def _check_fields(fields: dict[str, msgspec.Raw]) -> None:
         try:
             check.decode(raw)
         except msgspec.ValidationError as exc:
+            if name == "messages" and "`$[" not in str(exc):  # not an array, or empty
+                raise InvalidRequest(_NO_MESSAGES) from None
             raise InvalidRequest(_named(name, str(exc))) from None
 
 
