@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ from tests.support.scripted_backend import (
     text_stream,
 )
 
-EXAMPLES = 250
+# Per test; CI keeps the default (about 30 s in all), a longer run sets the variable.
+EXAMPLES = int(os.environ.get("MLX_GATEWAY_FUZZ_EXAMPLES", "250"))
 ANTHROPIC: dict[str, Any] = {
     "model": "claude-sonnet-4-5",
     "max_tokens": 64,
