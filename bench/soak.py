@@ -68,7 +68,7 @@ def _bodies() -> dict[tuple[str, str], bytes]:
     )
     exchanges = {"small": small, "stream": stream, "large": large}
     return {
-        (path, kind): (ex.anthropic if path == "/v1/messages" else ex.openai)
+        (path, kind): (ex.client if path == "/v1/messages" else ex.openai)
         for path, kind, _ in _MIX
         for name, ex in exchanges.items()
         if name == kind
