@@ -25,7 +25,7 @@ def request(
     path: str = "/v1/messages",
     client: str = "127.0.0.1:5000",
 ) -> Request:
-    return Request(method, path, {"host": "127.0.0.1:8080", **(headers or {})}, None, client)
+    return Request(method, path, {"host": "127.0.0.1:8080", **(headers or {})}, None, client=client)
 
 
 def guard(**settings: object) -> Guard:
