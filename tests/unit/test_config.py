@@ -284,11 +284,11 @@ def test_listening_beyond_loopback_needs_a_key(
 def test_keys_from_environment_and_switches_from_file(tmp_path: Path) -> None:
     toml = tmp_path / "gateway.toml"
     toml.write_text('log-prompts = true\nallowed-host = ["box.lan"]\n')
-    config = load_config({}, {"MLX_GATEWAY_API_KEY": "a,b"}, str(toml))
-    assert config.api_key == ("a", "b")
+    config = load_config({}, {"MLX_GATEWAY_API_KEY": "key-one,key-two"}, str(toml))
+    assert config.api_key == ("key-one", "key-two")
     assert config.log_prompts is True
     assert config.allowed_host == ("box.lan",)
-    assert "api_key" not in repr(config)
+    assert "key-one" not in repr(config)  # a config in a log or a traceback shows no key
 
 
 def test_switch_flags_take_no_value() -> None:
