@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from mlx_gateway.agents import (
+    CODEX_KEY_VARIABLE,
+    CODEX_PROVIDER,
     Session,
     claude_environment,
     codex_catalog,
@@ -123,3 +125,16 @@ def test_a_running_gateway_matches_what_was_given(
 ) -> None:
     config = load_config(flags, {})
     assert [item.split()[0] for item in mismatches(info, config)] == differs
+
+
+def test_a_gateway_with_keys_hands_its_first_to_the_agents(tmp_path: Path) -> None:
+    config = load_config({"api_key": ["key-one", "key-two"]}, {})
+    session = Session("http://127.0.0.1:8080", None)
+    env = claude_environment(config, session, {"ANTHROPIC_API_KEY": "users-own"})
+    assert env["ANTHROPIC_AUTH_TOKEN"] == "key-one"
+    assert "ANTHROPIC_API_KEY" not in env
+    overrides = codex_overrides(config, session, tmp_path / "catalog.json")
+    assert overrides[f"model_providers.{CODEX_PROVIDER}.env_key"] == CODEX_KEY_VARIABLE
+    assert f"model_providers.{CODEX_PROVIDER}.env_key" not in codex_overrides(
+        Config(), session, tmp_path / "catalog.json"
+    )
