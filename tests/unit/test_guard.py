@@ -25,7 +25,8 @@ def request(
     path: str = "/v1/messages",
     client: str = "127.0.0.1:5000",
 ) -> Request:
-    return Request(method, path, {"host": "127.0.0.1:8080", **(headers or {})}, None, client=client)
+    headers = {"host": "127.0.0.1:8080", **(headers or {})}
+    return Request(method, path, headers, b"", None, client=client)
 
 
 def guard(**settings: object) -> Guard:
