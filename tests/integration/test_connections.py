@@ -107,7 +107,13 @@ def test_descriptors_return_to_baseline_after_a_burst(
     """Backend connections are closed on a timer and client connections by the keep-alive
     limit, so the process's open files come back without any further request."""
     gateway = start_gateway(
-        scripted_backend.url, "--backend-idle-timeout", "1", "--header-timeout", "1"
+        scripted_backend.url,
+        "--backend-idle-timeout",
+        "1",
+        "--header-timeout",
+        "1",
+        "--max-concurrency",
+        "0",  # every request of the burst at the backend at once, each on its own connection
     )
     scripted_backend.set_responder(lambda _: Delay(0.2, Completion()))
     pid = gateway.process.pid
