@@ -344,8 +344,7 @@ class HttpClient:
         )
 
     def _pooled(self) -> _Connection | None:
-        """The most recently used idle connection that is still open and fresh (the sweep
-        may not have run yet when the loop was busy)."""
+        """The most recently used idle connection that is still open and fresh."""
         now = self._loop.time()
         while self._idle:
             connection = self._idle.pop()
