@@ -255,7 +255,8 @@ def test_a_client_that_leaves_while_queued_frees_its_place(
         body = json.dumps(hello("leaver")).encode()
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw:
             raw.sendall(
-                b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             wait_for(lambda: health(gateway)["queued"] == 1, "the raw client is queued")
