@@ -31,18 +31,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from tests.support.cached_install import ensure_cached
 
 CLAUDE_CODE_PACKAGE = "@anthropic-ai/claude-code"
 CLAUDE_CODE_VERSION = "2.1.331"
@@ -127,37 +127,12 @@ def cached_claude_code() -> Path | None:
 
 def ensure_claude_code(timeout: float = INSTALL_TIMEOUT) -> Path:
     """Install the pinned Claude Code unless already cached; return its `claude` executable."""
-    final = install_dir()
-    if _reports_pinned_version(_executable(final)):
-        return _executable(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _install_lock(final.parent / f".{final.name}.lock"):
-        if not _reports_pinned_version(_executable(final)):
-            _install_into(final, timeout)
-    return _executable(final)
-
-
-@contextlib.contextmanager
-def _install_lock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _install_into(final: Path, timeout: float) -> None:
-    """npm-install into a temporary sibling folder, verify, then rename it into place."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        _npm_install(staging, timeout)
-        staging.chmod(0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return ensure_cached(
+        install_dir(),
+        _executable,
+        _reports_pinned_version,
+        lambda staging: _npm_install(staging, timeout),
+    )
 
 
 def _npm_install(prefix: Path, timeout: float) -> None:

@@ -21,19 +21,17 @@ cores with Ninja.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from tests.support.cached_install import ensure_cached
 from tests.support.tiny_model import default_cache_root
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -77,14 +75,9 @@ def cached_llama_server() -> Path | None:
 
 def ensure_llama_server(timeout: float = BUILD_TIMEOUT) -> Path:
     """Build the pinned `llama-server` unless already cached; return the executable."""
-    final = install_dir()
-    if reports_version(_executable(final)):
-        return _executable(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(final.parent / f".{final.name}.lock"):
-        if not reports_version(_executable(final)):
-            _build_into(final, timeout)
-    return _executable(final)
+    return ensure_cached(
+        install_dir(), _executable, reports_version, lambda staging: _build_into(staging, timeout)
+    )
 
 
 def reports_version(executable: Path) -> bool:
@@ -99,32 +92,14 @@ def reports_version(executable: Path) -> bool:
     return completed.returncode == 0 and "version:" in completed.stdout + completed.stderr
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _build_into(final: Path, timeout: float) -> None:
-    """Download, unpack and build in a temporary sibling folder, verify, rename into place."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        deadline = time.monotonic() + timeout
-        source = _unpack(_download(staging, deadline), staging / "src")
-        binary = _build(source, staging / "build", staging / "build.log", deadline)
-        _keep_only(staging, binary)
-        if not reports_version(_executable(staging)):
-            raise LlamaServerBuildError(f"{binary} was built but `--version` fails")
-        staging.chmod(0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _build_into(staging: Path, timeout: float) -> None:
+    """Download, unpack and build in the staging folder, keep only the binary, verify."""
+    deadline = time.monotonic() + timeout
+    source = _unpack(_download(staging, deadline), staging / "src")
+    binary = _build(source, staging / "build", staging / "build.log", deadline)
+    _keep_only(staging, binary)
+    if not reports_version(_executable(staging)):
+        raise LlamaServerBuildError(f"{binary} was built but `--version` fails")
 
 
 def _download(staging: Path, deadline: float) -> Path:
